@@ -1,0 +1,155 @@
+"""The four DiT block designs of the paper's ablation (Peebles & Xie, 2023, §3.2, Fig. 5).
+
+Every block has the same call signature ``block(x, c, context, context_mask)``:
+``x`` (N, T, D) image tokens, ``c`` (N, D) the summed timestep + label embedding, ``context``
+(N, L, D) condition tokens with ``context_mask`` (N, L) True = valid (cross-attention only).
+Blocks that do not use an argument ignore it, so the backbone loops over them uniformly.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ditlab.models.layers import Attention, Mlp, modulate
+
+BLOCK_TYPES = ("adaLN-Zero", "adaLN", "cross-attention", "in-context")
+
+
+class AdaLNZeroBlock(nn.Module):
+    """adaLN-Zero: regress shift, scale and a residual gate alpha for attention and MLP from c.
+
+    The regression layer starts at zero, so alpha = 0 and every block is the identity at init.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.adaLN_modulation[-1].bias)
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        # 6 x (N, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaLN_modulation(c).chunk(6, dim=1)
+        )
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x  # (N, T, D)
+
+
+class AdaLNBlock(nn.Module):
+    """adaLN: layer norms whose shift and scale are regressed from c (no gate, normal init)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 4 * hidden_size))
+
+    def init_weights(self) -> None:
+        pass  # keeps the backbone's Xavier init: this is what separates adaLN from adaLN-Zero
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
+        x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x  # (N, T, D)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention: a ViT block with a multi-head cross-attention layer after self-attention.
+
+    The image tokens attend to ``context``: for class conditioning the length-2 sequence
+    [t embedding, label embedding]; any other token sequence (e.g. text) with a padding mask works.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.cross_attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+
+    def init_weights(self) -> None:
+        pass
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        if context is None:
+            raise ValueError("a cross-attention block needs condition tokens (context)")
+        x = x + self.attn(self.norm1(x))
+        x = x + self.cross_attn(self.norm_cross(x), context, context_mask)  # (N, T, D)
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class InContextBlock(nn.Module):
+    """In-context conditioning: a plain ViT block; t and y ride along as extra tokens in x."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+
+    def init_weights(self) -> None:
+        pass
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return x  # (N, K + T, D)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "adaLN-Zero": AdaLNZeroBlock,
+    "adaLN": AdaLNBlock,
+    "cross-attention": CrossAttentionBlock,
+    "in-context": InContextBlock,
+}
+
+
+class FinalLayer(nn.Module):
+    """Layer norm (adaptive for the adaLN designs) and a linear decoder to p*p*out_channels.
+
+    The linear decoder starts at zero in every design, so a fresh model predicts zeros; with
+    adaLN-Zero the final modulation starts at zero too, as in the paper.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, adaptive: bool,
+                 zero_modulation: bool):
+        super().__init__()
+        self.adaptive = adaptive
+        self.zero_modulation = zero_modulation
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=not adaptive, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        if adaptive:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        if self.adaptive and self.zero_modulation:
+            nn.init.zeros_(self.adaLN_modulation[-1].weight)
+            nn.init.zeros_(self.adaLN_modulation[-1].bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        if self.adaptive:
+            shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
+            x = modulate(self.norm_final(x), shift, scale)
+        else:
+            x = self.norm_final(x)
+        return self.linear(x)  # (N, T, p*p*C_out)

@@ -1,0 +1,145 @@
+"""The DiT configuration dataclass and the registry of named sizes (Peebles & Xie, 2023, Table 1)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ditlab.errors import ModelError
+from ditlab.models.blocks import BLOCK_TYPES
+
+# (depth, hidden_size, num_heads). S/B/L/XL are the paper's Table 1; T is a ViT-Tiny-like size
+# for CPU demos and "Test" a 2-block size for unit tests.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+    "T": (6, 192, 3),
+    "Test": (2, 32, 2),
+}
+PAPER_SIZES = ("S", "B", "L", "XL")
+PATCH_SIZES = (2, 4, 8)
+
+
+def _registry() -> dict[str, tuple[int, int, int, int]]:
+    names: dict[str, tuple[int, int, int, int]] = {}
+    for size in ("S", "B", "L", "XL", "T"):
+        for p in PATCH_SIZES:
+            names[f"DiT-{size}/{p}"] = (*SIZES[size], p)
+    names["DiT-Test/2"] = (*SIZES["Test"], 2)
+    return names
+
+
+REGISTRY: dict[str, tuple[int, int, int, int]] = _registry()  # name -> (depth, D, heads, patch)
+
+
+@dataclass
+class DiTConfig:
+    """Everything that fixes a DiT's architecture; ``to_dict``/``DiTConfig(**d)`` round-trip.
+
+    ``input_size`` is the latent (H, W) (32 for 256-px images through an 8x autoencoder);
+    ``timestep_scale`` multiplies t before the sinusoidal embedding (1000 for flow matching).
+    """
+
+    name: str = "DiT-S/2"
+    input_size: tuple[int, int] = (32, 32)
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    depth: int = 12
+    hidden_size: int = 384
+    num_heads: int = 6
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    block: str = "adaLN-Zero"
+    qk_norm: bool = False
+    grad_checkpointing: bool = False
+    timestep_scale: float = 1.0
+    frequency_embedding_size: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. provenance
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, int):
+            size = (size, size)
+        size = tuple(int(s) for s in size)
+        if len(size) != 2:
+            raise ModelError(f"input_size must be an int or (H, W), got {self.input_size!r}")
+        self.input_size = size  # type: ignore[assignment]
+        self.validate()
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Token grid (H/p, W/p)."""
+        return self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size
+
+    def validate(self) -> None:
+        """Raise ModelError for an impossible geometry, naming the fix."""
+        h, w = self.input_size
+        p = self.patch_size
+        if p < 1 or h < 1 or w < 1:
+            raise ModelError(f"patch_size and input_size must be positive, got p={p}, size={(h, w)}")
+        if h % p or w % p:
+            raise ModelError(
+                f"input size {h}x{w} is not divisible by patch size {p}: use a latent side that is a "
+                f"multiple of {p} (image side a multiple of {p} x the autoencoder downsampling)"
+            )
+        if self.block not in BLOCK_TYPES:
+            raise ModelError(f"unknown block {self.block!r}: choose one of {', '.join(BLOCK_TYPES)}")
+        if self.hidden_size % self.num_heads:
+            raise ModelError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: "
+                "pick a head count that divides it"
+            )
+        if self.hidden_size % 4:
+            raise ModelError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos positions)")
+        if self.depth < 1 or self.in_channels < 1:
+            raise ModelError(f"depth and in_channels must be >= 1, got {self.depth}, {self.in_channels}")
+        if self.num_classes < 0:
+            raise ModelError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ModelError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+        """Inverse of ``to_dict``; unknown keys are a ModelError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ModelError(
+                f"unknown model config keys {unknown}: valid keys are {', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+
+def list_models() -> list[str]:
+    """Registered model names, the paper's 12 first (S, B, L, XL x patch 2/4/8), then tiny ones."""
+    return list(REGISTRY)
+
+
+def config_for(name: str, **overrides: Any) -> DiTConfig:
+    """The config of a registered model with keyword overrides (any DiTConfig field but ``name``)."""
+    if name not in REGISTRY:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
+    depth, hidden, heads, patch = REGISTRY[name]
+    base: dict[str, Any] = dict(
+        name=name, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch
+    )
+    allowed = {f.name for f in dataclasses.fields(DiTConfig)} - {"name"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ModelError(f"unknown model option(s) {unknown}: valid ones are {', '.join(sorted(allowed))}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return DiTConfig(**base)

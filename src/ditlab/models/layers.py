@@ -1,0 +1,187 @@
+"""Building blocks of DiT (Peebles & Xie, 2023, §3.2): positions, embedders, attention, MLP.
+
+Everything here is written from the paper and the ViT/MAE conventions it cites; parameter names
+follow the paper's reference layout (``x_embedder``, ``t_embedder.mlp``, ``attn.qkv``) so official
+checkpoints map onto these modules one key to one key.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+# ----------------------------------------------------------------------------- positions
+def sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """Transformer sin-cos embedding of positions ``pos`` (M,) -> (M, dim): [sin | cos] halves.
+
+    omega_i = 10000^(-i / (dim/2)), i = 0 .. dim/2-1 (Vaswani et al., 2017, §3.5).
+    """
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega  # (dim/2,)
+    out = pos.to(torch.float64)[:, None] * omega[None, :]  # (M, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (M, dim)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2-D sin-cos positions for a grid_h x grid_w token grid -> (grid_h*grid_w, dim) float32.
+
+    Tokens are in row-major order (the order of ``conv(x).flatten(2)``). As in MAE/DiT, the first
+    dim/2 channels embed the column (w) index and the last dim/2 the row (h) index.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)  # (T,) row index of each token
+    cols = torch.arange(grid_w).repeat(grid_h)  # (T,) column index
+    emb = torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1)  # (T, dim)
+    return emb.float()
+
+
+# ----------------------------------------------------------------------------- embedders
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps t (N,) -> (N, dim): [cos | sin].
+
+    Frequencies exp(-ln(max_period) * i / (dim/2)) as in ADM / DiT's timestep embedder.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )  # (half,)
+    args = t.float()[:, None] * freqs[None]  # (N, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2*half)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """t (N,) -> 256-d sinusoid -> Linear, SiLU, Linear -> (N, hidden_size)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, scale: float = 1.0):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        # Flow matching feeds t in [0, 1]; scaling it (e.g. by 1000) gives the sinusoid the same
+        # resolution it has for DDPM step indices.
+        self.scale = float(scale)
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        t_freq = timestep_embedding(t * self.scale, self.frequency_embedding_size)  # (N, 256)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (N, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> (N, hidden_size), with a null row (index num_classes) for guidance.
+
+    In training mode each label is replaced by the null class with probability ``dropout_prob``,
+    drawn from torch's global RNG with tensor ops only (no host sync, compile-friendly).
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = float(dropout_prob)
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def drop(self, y: Tensor) -> Tensor:
+        """Replace each label by the null class with probability ``dropout_prob``."""
+        drop = torch.rand(y.shape[0], device=y.device) < self.dropout_prob  # (N,) bool
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def forward(self, y: Tensor) -> Tensor:
+        if self.training and self.dropout_prob > 0:
+            y = self.drop(y)
+        return self.embedding_table(y)  # (N, D)
+
+
+# ----------------------------------------------------------------------------- attention / MLP
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (Zhang & Sennrich, 2019); used for qk-norm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    """Multi-head attention with one fused qkv projection, for self- and cross-attention.
+
+    Self-attention: q, k, v = qkv(x). Cross-attention: q from x through the first third of the same
+    fused weight, k and v from ``context`` through the other two thirds, so one module (and one
+    parameter layout) serves both. ``context_mask`` (N, L) bool marks valid context tokens (True).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        n, t, _ = x.shape
+        return x.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)  # (N, H, T, d)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
+        n, t, d = x.shape
+        if context is None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D)
+            mask = None
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:d], None if b is None else b[:d])  # (N, T, D)
+            k, v = F.linear(context, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)  # (N, L, D)
+            mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, T|L, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+
+
+class Mlp(nn.Module):
+    """fc1 -> tanh-approximated GELU -> fc2 (the ViT MLP used by DiT)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Patchify (§3.1): a p x p conv with stride p, (N, C, H, W) -> (N, T, D), T = HW / p^2."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, T, D)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """Adaptive layer-norm affine: x * (1 + scale) + shift, per sample; x (N, T, D), shift (N, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
