@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _command_modules():
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _extra_ok=getattr(module, "ACCEPTS_OVERRIDES", False))
     return parser
 
 
@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user mistakes print one line and return 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_extra_ok", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "_extra_ok", False):
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

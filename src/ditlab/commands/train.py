@@ -1,0 +1,50 @@
+"""``ditlab train``: train (or resume) a DiT; presets, YAML overrides and ``--key value`` flags."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "train"
+ACCEPTS_OVERRIDES = True  # unknown --key value flags become config overrides
+HELP = "train a DiT (rerun the same command to resume); --dry-run prints the resolved config"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ditlab.config import PRESETS
+
+    parser.add_argument("--preset", default="mnist", help=f"named recipe: {', '.join(PRESETS)} (default mnist)")
+    parser.add_argument("--config", metavar="YAML", help="YAML file of key: value overrides")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.epilog = "Any config field is a flag: --key value (e.g. --steps 500 --lr 2e-4 --run_dir runs/x)."
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditlab.config import parse_overrides, resolve_config
+
+    overrides = parse_overrides(args.overrides)
+    config = resolve_config(args.preset, args.config, overrides)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        return 0
+    from ditlab.training.loop import train
+
+    result = train(config)
+    if result.stopped_early:
+        return 0
+    if config.eval_num > 0 and _is_main():
+        from ditlab.training.final_eval import evaluate_run, format_metrics
+
+        print(f"evaluating: {config.eval_num} samples from the EMA model "
+              f"({config.sampler or 'default'} sampler, {config.sample_steps} steps, cfg {config.cfg_scale}) ...",
+              flush=True)
+        metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size)
+        print(format_metrics(metrics))
+        print(f"metrics: {config.run_dir}/metrics.json", file=sys.stdout)
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,0 +1,347 @@
+"""Typed training configuration: one flat dataclass, named presets, YAML files and ``--key value`` flags.
+
+Resolution order (later wins): dataclass defaults -> preset -> YAML file -> command-line flags.
+The resolved config is saved as ``config.json`` in every run directory; rerunning the same command
+resumes the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ditlab.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``ditlab train`` needs. Grouped by role; every field is a ``--key value`` flag."""
+
+    # --- run ---
+    run_dir: str = "runs/mnist"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # --- data ---
+    data: str = "mnist"  # mnist | digits | path to an image folder
+    image_size: int = 32
+    flip: Optional[bool] = None  # None: the dataset's default (on for folders, off for digits)
+    num_workers: int = 2
+    latents: Optional[str] = None  # a latent cache made by `ditlab extract-latents`
+    # --- autoencoder (latent space) ---
+    autoencoder: str = "auto"  # auto (train ditlab's KL-VAE for this data) | pixel | path | hub id
+    vae_downsample: int = 4
+    vae_latent_channels: int = 4
+    vae_steps: int = 1500
+    vae_batch_size: int = 64
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-5
+    vae_sample_posterior: bool = False
+    # --- model ---
+    model: str = "DiT-S/2"
+    depth: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    block: str = "adaLN-Zero"
+    qk_norm: bool = False
+    class_dropout_prob: float = 0.1
+    # --- process ---
+    process: str = "ddpm"  # ddpm | flow
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    prediction: str = "eps"
+    learn_sigma: bool = True  # ddpm only
+    time_sampling: str = "logit_normal"  # flow only
+    shift: float = 1.0  # flow only
+    # --- optimisation ---
+    steps: int = 4000
+    global_batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0 disables
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)) so short runs are usable
+    autocast: str = "none"  # none | bf16 | fp16 (GPU)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    max_nonfinite_steps: int = 10
+    # --- logging and checkpoints ---
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 2
+    sample_every: int = 0  # 0: only at the end
+    tensorboard: bool = True
+    # --- sampling and evaluation at the end of training ---
+    sampler: str = ""  # "" = the process's default
+    sample_steps: int = 50
+    cfg_scale: float = 1.0
+    eval_num: int = 0  # samples for the end-of-run evaluation (0 = none); MNIST: classifier metrics
+    eval_batch_size: int = 250
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The demo: a class-conditional latent DiT on built-in MNIST, minutes on a laptop CPU.
+    # Chosen by measurement (docs/demo.md): see README "What the demo trains".
+    "mnist": dict(
+        run_dir="runs/mnist",
+        data="mnist",
+        image_size=32,
+        autoencoder="auto",
+        vae_downsample=4,
+        vae_latent_channels=4,
+        model="DiT-S/2",
+        depth=6,
+        hidden_size=256,
+        num_heads=4,
+        patch_size=2,
+        process="ddpm",
+        learn_sigma=True,
+        steps=3000,
+        global_batch_size=128,
+        lr=5e-4,
+        warmup_steps=200,
+        ema_decay=0.999,
+        ckpt_every=1000,
+        log_every=50,
+        sampler="ddim",
+        sample_steps=50,
+        cfg_scale=2.0,
+        eval_num=1000,
+    ),
+    # The paper's recipe (Peebles & Xie 2023, §4): DiT-XL/2 on ImageNet 256 with the SD-VAE.
+    "imagenet256-xl2": dict(
+        run_dir="runs/imagenet256-xl2",
+        data="",  # required: --data /path/to/imagenet/train (class subfolders) or --latents CACHE
+        image_size=256,
+        flip=True,
+        autoencoder="sd-vae-ft-ema",
+        model="DiT-XL/2",
+        process="ddpm",
+        schedule="linear",
+        learn_sigma=True,
+        class_dropout_prob=0.1,
+        steps=400_000,
+        global_batch_size=256,
+        lr=1e-4,
+        weight_decay=0.0,
+        warmup_steps=0,
+        grad_clip=0.0,
+        ema_decay=0.9999,
+        ema_warmup=False,
+        autocast="bf16",
+        num_workers=8,
+        ckpt_every=50_000,
+        log_every=100,
+        sampler="ddpm",
+        sample_steps=250,
+        cfg_scale=1.5,
+    ),
+    # Seconds-scale runs for tests: 8x8 digits in pixel space, a 2-block model.
+    "digits-tiny": dict(
+        run_dir="runs/digits-tiny",
+        data="digits",
+        image_size=8,
+        autoencoder="pixel",
+        model="DiT-S/2",
+        depth=2,
+        hidden_size=64,
+        num_heads=2,
+        patch_size=2,
+        steps=20,
+        global_batch_size=32,
+        lr=1e-3,
+        ema_decay=0.99,
+        ckpt_every=10,
+        log_every=5,
+        num_workers=0,
+        sampler="ddim",
+        sample_steps=10,
+        tensorboard=False,
+    ),
+}
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_type(name: str) -> tuple[type, bool]:
+    """The base type of a field and whether it is Optional."""
+    hints = typing.get_type_hints(TrainConfig)
+    tp = hints[name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, FIELDS, n=3)
+    return f"did you mean {', '.join(close)}?" if close else "run `ditlab train --dry-run` to see all keys"
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the CLI or a YAML scalar) to the type of field ``key``."""
+    key = key.replace("-", "_")
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key '{key}': {_suggest(key)}")
+    tp, optional = _field_type(key)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    if value is None:
+        raise ConfigError(f"config key '{key}' cannot be empty: give a {tp.__name__}")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config key '{key}' expects {tp.__name__}, got {value!r}: fix the value"
+        ) from None
+    raise AssertionError(f"unhandled type {tp} for {key}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML override file (a flat mapping of config keys)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found: check the path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of key: value pairs")
+    return data
+
+
+def resolve_config(
+    preset: str = "mnist",
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults -> preset -> YAML -> overrides, each value type-checked and range-checked."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = {}
+    for source in (PRESETS[preset], load_yaml(yaml_path) if yaml_path else {}, overrides or {}):
+        for key, value in source.items():
+            key = key.replace("-", "_")
+            values[key] = coerce(key, value)
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Range checks that need no data or model; raise ConfigError naming the fix."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(c.steps >= 1, f"steps must be >= 1, got {c.steps}")
+    need(c.global_batch_size >= 1, f"global_batch_size must be >= 1, got {c.global_batch_size}")
+    need(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    need(c.image_size >= 1, f"image_size must be >= 1, got {c.image_size}")
+    need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
+    need(0.0 <= c.class_dropout_prob < 1.0, f"class_dropout_prob must be in [0, 1), got {c.class_dropout_prob}")
+    need(c.cfg_scale >= 0, f"cfg_scale must be >= 0, got {c.cfg_scale}")
+    need(c.sample_steps >= 1, f"sample_steps must be >= 1, got {c.sample_steps}")
+    need(c.ckpt_every >= 1, f"ckpt_every must be >= 1, got {c.ckpt_every}")
+    need(c.log_every >= 1, f"log_every must be >= 1, got {c.log_every}")
+    need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
+    need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
+    need(c.eval_num >= 0, f"eval_num must be >= 0, got {c.eval_num}")
+    need(c.autocast in ("none", "bf16", "fp16"), f"autocast must be none, bf16 or fp16, got '{c.autocast}'")
+    need(c.process in ("ddpm", "flow"), f"unknown process '{c.process}': choose ddpm or flow")
+    need(bool(c.data) or bool(c.latents), "no training data: pass --data PATH (or mnist, digits) or --latents CACHE")
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as JSON (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a run's ``config.json`` back into a TrainConfig (unknown keys are an error)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"'{path}' not found: is this a ditlab run directory?") from None
+    except json.JSONDecodeError:
+        raise ConfigError(f"'{path}' is not valid JSON: the run directory is damaged") from None
+    values = {key: coerce(key, value) for key, value in data.items()}
+    return TrainConfig(**values)
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, Any]:
+    """Turn ``['--lr', '1e-4', '--steps=10', '--no-tensorboard']`` into ``{'lr': '1e-4', ...}``."""
+    result: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"unexpected argument '{token}': overrides look like --key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            name = key.replace("-", "_")
+            bare_bool = name in FIELDS and _field_type(name)[0] is bool
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if nxt is None or nxt.startswith("--"):
+                if name.startswith("no_") and name[3:] in FIELDS:
+                    key, value = name[3:], "false"
+                elif bare_bool:
+                    value = "true"
+                else:
+                    raise ConfigError(f"flag --{key} needs a value: --{key} VALUE")
+                i += 1
+            else:
+                value = nxt
+                i += 2
+        key = key.replace("-", "_")
+        coerce(key, value)  # fail early on unknown keys and bad types
+        result[key] = value
+    return result
+

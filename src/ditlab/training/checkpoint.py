@@ -1,0 +1,199 @@
+"""Crash-safe checkpoints of a training run.
+
+Layout of a run directory::
+
+    config.json                   the resolved TrainConfig
+    checkpoints/step_0001000/     one complete checkpoint
+        model.safetensors         raw model weights
+        ema.safetensors           EMA weights (what sampling uses)
+        state.pt                  optimiser, LR schedule, step, RNG states, data position (tensors and
+                                  plain Python values only: loaded with weights_only=True)
+        meta.json                 step, model config, when it was written
+    checkpoints/latest            name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary folder, every file flushed to disk, then the folder is
+renamed into place and only then ``latest`` is replaced (write + rename). A crash at any moment leaves
+either the old or the new checkpoint as ``latest``, never a half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ditlab.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of Python, NumPy and torch (CPU and CUDA), as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write a complete checkpoint for ``step`` atomically and point ``latest`` at it.
+
+    Raises CheckpointError (and leaves the previous checkpoint untouched) when the disk is full or the
+    run directory is not writable.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    final = checkpoint_dir(run_dir, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
+        save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
+        torch.save(train_state, tmp / "state.pt")
+        meta = {**meta, "step": step, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. end of a resumed run): replace whole
+            old = root / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+        pointer_tmp = root / f".{LATEST}.tmp"
+        pointer_tmp.write_text(final.name + "\n")
+        _fsync_file(pointer_tmp)
+        pointer_tmp.replace(root / LATEST)
+        _fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = "disk full" if err.errno == 28 else (err.strerror or str(err))
+        raise CheckpointError(
+            f"could not write checkpoint for step {step} in '{root}' ({reason}): free space or fix "
+            f"permissions; the previous checkpoint is intact"
+        ) from None
+    _prune(root, keep_last)
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    latest = latest_checkpoint(root.parent)
+    for old in steps[:-keep_last] if keep_last > 0 else []:
+        if latest is not None and old.resolve() == latest.resolve():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a crash mid-write
+        if str(os.getpid()) not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when it has none."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        candidate = root / name
+        if name.startswith("step_") and (candidate / "meta.json").is_file():
+            return candidate
+    # No pointer (or it names a removed folder): fall back to the newest complete folder.
+    complete = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    return complete[-1] if complete else None
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or truncated file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file '{path}' is missing: train first or pass another run directory")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint file '{path}' is damaged ({str(err).splitlines()[0][:80]}): resume from an "
+            f"older checkpoint or retrain"
+        ) from None
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Read ``state.pt`` without executing code from it (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state '{path}' is missing: the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; none of them may run code
+        first = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"training state '{path}' was refused ({first}): it is damaged or not a ditlab file"
+        ) from None
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "meta.json").read_text())

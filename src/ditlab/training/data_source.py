@@ -1,0 +1,146 @@
+"""Deterministic, resumable streams of training batches (latents + labels).
+
+The data order is a pure function of (seed, batch number): epoch ``e`` uses the permutation drawn from
+``seed`` and ``e``; global batch ``k`` is slice ``k mod batches_per_epoch`` of it (the tail of an epoch
+that does not fill a batch is dropped). The only state is the number of batches consumed, so resuming
+at batch ``k`` — with any number of processes — continues exactly where the run stopped. Each rank
+takes its contiguous share of every global batch.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ditlab.errors import DataError
+
+
+class BatchOrder:
+    """Global batch ``k`` -> dataset indices, identical on every rank and after every resume."""
+
+    def __init__(self, num_items: int, global_batch: int, seed: int):
+        if num_items < global_batch:
+            raise DataError(
+                f"the dataset has {num_items} usable items, fewer than the global batch size {global_batch}: "
+                f"lower --global_batch_size or add data"
+            )
+        self.num_items = num_items
+        self.global_batch = global_batch
+        self.seed = seed
+        self.batches_per_epoch = num_items // global_batch
+        self._epoch = -1
+        self._perm: torch.Tensor | None = None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.num_items, generator=g)
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, k: int) -> torch.Tensor:
+        """Dataset indices (global_batch,) of global batch ``k``."""
+        epoch, pos = divmod(k, self.batches_per_epoch)
+        start = pos * self.global_batch
+        return self.permutation(epoch)[start : start + self.global_batch]
+
+
+class InMemorySource:
+    """Batches sliced from latents held in memory (built-in datasets, encoded once)."""
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor, order: BatchOrder, rank: int, local_batch: int,
+                 device: torch.device, flip: bool = False):
+        self.latents = latents  # (N, C, h, w)
+        self.labels = labels  # (N,)
+        self.order = order
+        self.rank = rank
+        self.local_batch = local_batch
+        self.device = device
+        self.flip = flip
+        self.consumed = 0
+        self.skipped = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.indices(self.consumed)
+        flips = torch.rand(idx.shape[0]) < 0.5 if self.flip else None  # drawn for the global batch
+        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
+        idx = idx[lo:hi]
+        x = self.latents[idx]
+        if flips is not None:
+            f = flips[lo:hi]
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+        self.consumed += 1
+        return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _ResumableBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's index list of global batches ``start, start + 1, ...`` forever."""
+
+    def __init__(self, order: BatchOrder, start: int, rank: int, local_batch: int):
+        self.order, self.start, self.rank, self.local_batch = order, start, rank, local_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
+        while True:
+            yield self.order.indices(k)[lo:hi].tolist()
+            k += 1
+
+
+class FolderSource:
+    """Batches of images decoded by DataLoader workers and encoded to latents on the fly.
+
+    Flips are drawn in the main process from torch's global RNG (not in the workers), so they resume
+    exactly. Unreadable images are dropped from their batch and counted in ``skipped``.
+    """
+
+    def __init__(self, dataset, autoencoder, order: BatchOrder, rank: int, local_batch: int, device: torch.device,
+                 num_workers: int, flip: bool, sample_posterior: bool = False):
+        from ditlab.data import collate_skip_bad
+
+        self.dataset, self.autoencoder, self.order = dataset, autoencoder, order
+        self.rank, self.local_batch, self.device = rank, local_batch, device
+        self.num_workers, self.flip, self.sample_posterior = num_workers, flip, sample_posterior
+        self._collate = collate_skip_bad
+        self.consumed = 0
+        self.skipped = 0
+        self._it = None
+
+    def _start(self) -> None:
+        sampler = _ResumableBatchSampler(self.order, self.consumed, self.rank, self.local_batch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+        self._it = iter(loader)
+
+    @torch.no_grad()
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._it is None:
+                self._start()
+            batch = next(self._it)
+            flips = torch.rand(self.order.global_batch) < 0.5 if self.flip else None
+            self.consumed += 1
+            self.skipped += batch.skipped
+            images, labels = batch
+            if images.shape[0] == 0:
+                continue  # every image of this batch was unreadable
+            images = images.to(self.device, non_blocking=True)
+            if flips is not None:
+                lo = self.rank * self.local_batch
+                f = flips[lo : lo + images.shape[0]].to(self.device)
+                images = torch.where(f[:, None, None, None], images.flip(-1), images)
+            latents = self.autoencoder.encode(images, sample=self.sample_posterior)
+            return latents.float(), labels.to(self.device)
+
+    def close(self) -> None:
+        self._it = None

@@ -1,0 +1,321 @@
+"""The training loop: one code path for one CPU, one GPU, or many under torchrun (DDP).
+
+Rerunning the same command resumes from the newest complete checkpoint with the optimiser, LR schedule,
+EMA, RNG states and data position restored, so the continued run is the uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ditlab.config import TrainConfig, load_config, save_config
+from ditlab.errors import CheckpointError, ConfigError, UserError
+from ditlab.training import checkpoint as ckpt
+from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
+from ditlab.training.distributed import (
+    DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, cleanup, init_distributed,
+)
+from ditlab.training.ema import EMA
+from ditlab.training.logger import RunLogger
+from ditlab.training.setup import (
+    build_model, build_or_load_autoencoder, build_process, cached_latents, pick_device,
+)
+
+# Keys that may change between the first run and a resume without changing what is trained.
+RESUMABLE_CHANGES = {
+    "steps", "log_every", "ckpt_every", "keep_last", "sample_every", "tensorboard", "num_workers", "device",
+    "eval_num", "eval_batch_size", "sampler", "sample_steps", "cfg_scale", "max_nonfinite_steps", "compile",
+}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped_early: bool
+    skipped_images: int
+    final_loss: float
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT: finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_same_run(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to resume a run directory that holds a different experiment."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = load_config(saved_path).to_dict()
+    for key, value in config.to_dict().items():
+        if key in RESUMABLE_CHANGES or saved.get(key) == value:
+            continue
+        raise ConfigError(
+            f"run directory '{run_dir}' holds a run with {key}={saved.get(key)!r}, not {value!r}: "
+            f"rerun with the same settings to resume, or pass --run_dir NEW_DIR"
+        )
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.autocast == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
+    if device.type != "cuda":
+        raise ConfigError(f"autocast {config.autocast} is for GPUs; on {device.type} use --autocast none")
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or resume) the run described by ``config``; returns where it ended."""
+    device = pick_device(config.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    try:
+        return _train(config, device, info)
+    finally:
+        cleanup(info)
+
+
+def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
+    from ditlab.data import build_dataset
+
+    local_batch = check_batch_split(config.global_batch_size, info.world_size)
+    autocast = _autocast(config, device)
+    run_dir = Path(config.run_dir)
+    _check_same_run(config, run_dir)
+    if info.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.json")
+        except OSError as err:
+            raise UserError(f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir") from None
+    log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
+    torch.manual_seed(config.seed + info.rank)
+
+    # ---- data and latent space
+    dataset = None
+    if config.latents:
+        raise ConfigError("--latents needs the latent cache reader (ditlab.data.latent_cache): not available yet")
+    dataset = build_dataset(config.data, config.image_size, flip=False)
+    if info.is_main:
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    barrier(info)
+    if not info.is_main:
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    autoencoder.to(device)
+    num_classes = int(dataset.num_classes)
+    flip = bool(config.flip) if config.flip is not None else bool(getattr(dataset, "flip_default", False))
+    order_items = len(dataset)
+    if hasattr(dataset, "tensors"):
+        if info.is_main:
+            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        barrier(info)
+        if not info.is_main:
+            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        order = BatchOrder(order_items, config.global_batch_size, config.seed)
+        source = InMemorySource(latents, labels, order, info.rank, local_batch, device, flip=flip)
+        latent_shape = tuple(latents.shape[1:])
+    else:
+        flip = True if config.flip is None else config.flip
+        order = BatchOrder(order_items, config.global_batch_size, config.seed)
+        source = FolderSource(dataset, autoencoder, order, info.rank, local_batch, device,
+                              config.num_workers, flip, config.vae_sample_posterior)
+        with torch.no_grad():
+            probe = autoencoder.encode(dataset_probe(dataset).to(device))
+        latent_shape = tuple(probe.shape[1:])
+
+    # ---- model, process, optimiser
+    process = build_process(config)
+    model = build_model(config, latent_shape, num_classes, process).to(device)
+    ema = EMA(model, decay=config.ema_decay, warmup=config.ema_warmup)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps))
+    step = 0
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        step = _restore(latest, model, ema, optimizer, scheduler, source, info)
+        log(f"resuming from {latest} (step {step})")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {config.model}: {n_params / 1e6:.2f}M parameters, latents {latent_shape}, "
+        f"{num_classes} classes, {config.process} process, batch {config.global_batch_size}")
+
+    train_model = model
+    if config.compile:
+        train_model = torch.compile(model)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    meta = {
+        "model": model.config.to_dict(),
+        "num_classes": num_classes,
+        "latent_shape": list(latent_shape),
+        "image_channels": int(getattr(dataset, "channels", 3)),
+        "image_size": config.image_size,
+        "autoencoder": autoencoder.identity(),
+    }
+
+    def save(at_step: int) -> Path | None:
+        path = None
+        if info.is_main:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": at_step,
+                "batches_consumed": source.consumed,
+                "skipped_images": source.skipped,
+                "rng": ckpt.rng_state(),
+            }
+            path = ckpt.save_checkpoint(run_dir, at_step, model.state_dict(), ema.state_dict(), state, meta,
+                                        keep_last=config.keep_last)
+        barrier(info)
+        return path
+
+    logger = RunLogger(run_dir, start_step=step, total_steps=config.steps, tensorboard=config.tensorboard,
+                       enabled=info.is_main)
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    nonfinite_run = 0
+    last_loss = float("nan")
+    t_window = time.perf_counter()
+    images_window = 0
+    stopped = False
+    with _StopSignal() as stop:
+        while step < config.steps:
+            x0, y = source.next()
+            model_kwargs = {"y": y} if num_classes > 0 else {}
+            with autocast:
+                loss = process.training_loss(train_model, x0, model_kwargs).mean()
+            if not torch.isfinite(loss).item():
+                nonfinite_run += 1
+                optimizer.zero_grad(set_to_none=True)
+                good = ckpt.latest_checkpoint(run_dir)
+                logger.message(f"warning: non-finite loss at step {step + 1}; step skipped")
+                if nonfinite_run >= config.max_nonfinite_steps:
+                    logger.close()
+                    raise UserError(
+                        f"{nonfinite_run} non-finite losses in a row up to step {step + 1}: lower --lr or check "
+                        f"the data; last good checkpoint: {good if good else 'none'}"
+                    )
+                continue
+            nonfinite_run = 0
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update(model, step)
+            step += 1
+            loss_sum += loss.detach()
+            loss_count += 1
+            images_window += config.global_batch_size
+            logger.advance()
+            if step % config.log_every == 0 or step == config.steps:
+                mean_loss = all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
+                elapsed = time.perf_counter() - t_window
+                logger.scalars(step, {"loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                                      "img_per_s": images_window / max(elapsed, 1e-9)})
+                last_loss = mean_loss
+                loss_sum.zero_()
+                loss_count, images_window, t_window = 0, 0, time.perf_counter()
+            if config.sample_every and step % config.sample_every == 0 and info.is_main:
+                _sample_grid(config, ema.shadow, process, autoencoder, latent_shape, num_classes, device,
+                             run_dir / "samples" / f"step_{step:07d}.png")
+                model.train()
+            if step % config.ckpt_every == 0 and step < config.steps:
+                save(step)
+            if broadcast_flag(stop.requested, info):
+                stopped = True
+                break
+    if not math.isfinite(last_loss) and loss_count:
+        last_loss = (loss_sum / loss_count).item()
+    final = save(step)
+    logger.close()
+    if stopped and info.is_main:
+        log(f"stopped at step {step}; checkpoint {final}. Resume by rerunning the same command.")
+    if source.skipped and info.is_main:
+        bad = dataset.bad_files() if hasattr(dataset, "bad_files") else []
+        log(f"skipped {source.skipped} unreadable image loads ({len(bad)} files), e.g. {bad[:3]}")
+    source.close()
+    return TrainResult(run_dir, step, stopped, source.skipped, last_loss)
+
+
+def dataset_probe(dataset) -> torch.Tensor:
+    """One readable image of the dataset as a (1, C, H, W) batch (to learn the latent shape)."""
+    for i in range(min(len(dataset), 64)):
+        item = dataset[i]
+        if item is not None:
+            return item[0].unsqueeze(0)
+    raise UserError("none of the first 64 images of the dataset can be read: check the data folder")
+
+
+def _restore(path: Path, model, ema, optimizer, scheduler, source, info: DistInfo) -> int:
+    meta = ckpt.read_meta(path)
+    expected = model.config.to_dict()
+    if meta.get("model") != expected:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds another model ({meta.get('model', {}).get('name')}): "
+            f"use a new --run_dir for this configuration"
+        )
+    model.load_state_dict(ckpt.load_weights(path / "model.safetensors"))
+    ema.load_state_dict(ckpt.load_weights(path / "ema.safetensors"))
+    state = ckpt.load_train_state(path / "state.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    source.consumed = int(state["batches_consumed"])
+    source.skipped = int(state.get("skipped_images", 0))
+    rng = state["rng"]
+    ckpt.set_rng_state(rng)
+    if info.rank:
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,)).item()) + info.rank)
+    return int(state["step"])
+
+
+@torch.no_grad()
+def _sample_grid(config: TrainConfig, model, process, autoencoder, latent_shape, num_classes, device, path) -> Path:
+    """An EMA sample grid: 8 samples of each of up to 10 classes, fixed seeds (comparable across steps)."""
+    from ditlab.training.generate import generate, save_grid
+
+    rng_state = torch.get_rng_state()  # sampling must not shift the training RNG stream
+    classes = list(range(min(num_classes, 10))) if num_classes else [0]
+    per = 8
+    labels = torch.tensor([c for c in classes for _ in range(per)])
+    images = generate(model, process, autoencoder, latent_shape, labels, list(range(len(labels))),
+                      num_classes=num_classes, sampler=config.sampler or None, steps=config.sample_steps,
+                      cfg_scale=config.cfg_scale, device=device)
+    torch.set_rng_state(rng_state)
+    return save_grid(images, path, ncols=per)
