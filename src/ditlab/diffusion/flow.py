@@ -1,0 +1,159 @@
+"""Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2022; SD3, Esser et al. 2024).
+
+Path x_t = (1 - t) x0 + t eps with t in [0, 1] (0 = data, 1 = noise, as SD3); the network predicts
+the velocity v = eps - x0 and sees t itself (a float in [0, 1]).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ditlab.diffusion.common import check_choice, check_sampler_options, split_output
+from ditlab.diffusion.flow_samplers import FLOW_SAMPLERS
+from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
+from ditlab.diffusion.losses import mean_flat
+from ditlab.errors import ProcessError
+
+TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")
+_SAMPLER_OPTIONS = {"euler": (), "heun": (), "euler_maruyama": ("noise_scale",)}
+
+
+def shift_time(t: Tensor, shift: float) -> Tensor:
+    """SD3's resolution shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23); s > 1 spends more time near noise."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+class FlowProcess:
+    """The rectified-flow process. Build it with ``create_process("flow", ...)``.
+
+    Args:
+        time_sampling: training-time density of t: ``uniform``, ``logit_normal`` (SD3: sigmoid of
+            N(logit_mean, logit_std^2)) or ``mode`` (SD3 eq. 20 with ``mode_scale``).
+        shift: SD3 timestep shift, applied to the training t and to the sampling grid (1 = none).
+    """
+
+    kind = "flow"
+    samplers = tuple(FLOW_SAMPLERS)
+    default_sampler = "euler"
+    learn_sigma = False
+
+    def __init__(
+        self,
+        time_sampling: str = "logit_normal",
+        shift: float = 1.0,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        mode_scale: float = 1.29,
+    ):
+        check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+        if not shift > 0:
+            raise ProcessError(f"shift must be > 0, got {shift}; use 1.0 for no shift, e.g. 3.0 for 1024 px")
+        if not logit_std > 0:
+            raise ProcessError(f"logit_std must be > 0, got {logit_std}; SD3 uses 1.0")
+        if not -1.0 <= mode_scale <= 2.0 / (math.pi - 2.0):
+            raise ProcessError(f"mode_scale must be in [-1, {2 / (math.pi - 2):.3f}] to keep t in [0, 1], got {mode_scale}")
+        self.time_sampling = time_sampling
+        self.shift = float(shift)
+        self.logit_mean = float(logit_mean)
+        self.logit_std = float(logit_std)
+        self.mode_scale = float(mode_scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Options that rebuild this process with ``create_process(**d)``."""
+        return {
+            "kind": self.kind,
+            "time_sampling": self.time_sampling,
+            "shift": self.shift,
+            "logit_mean": self.logit_mean,
+            "logit_std": self.logit_std,
+            "mode_scale": self.mode_scale,
+        }
+
+    def __repr__(self) -> str:
+        return f"FlowProcess({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items() if k != 'kind')})"
+
+    def sample_t(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Training times (n,) in [0, 1] from torch's global RNG, shifted."""
+        if self.time_sampling == "uniform":
+            t = torch.rand(n, device=device)
+        elif self.time_sampling == "logit_normal":
+            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
+        else:  # SD3 eq. 20: f(u) = 1 - u - s (cos^2(pi u / 2) - 1 + u)
+            u = torch.rand(n, device=device)
+            t = 1.0 - u - self.mode_scale * (torch.cos(math.pi / 2 * u) ** 2 - 1.0 + u)
+        return shift_time(t, self.shift)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = (1 - t) x0 + t noise with t (N,)."""
+        t = t.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+        return (1.0 - t) * x0 + t * noise
+
+    def training_loss(
+        self,
+        model: Callable[..., Tensor],
+        x0: Tensor,
+        model_kwargs: Mapping[str, Any] | None = None,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Per-sample velocity MSE (N,); ``t`` and ``noise`` from torch's global RNG unless given."""
+        if t is None:
+            t = self.sample_t(x0.shape[0], x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        t = t.to(device=x0.device, dtype=x0.dtype)
+        out = model(self.q_sample(x0, t, noise), t, **dict(model_kwargs or {}))
+        v, _ = split_output(out, x0.shape[1], False, self.kind)
+        return mean_flat((v - (noise - x0)) ** 2)
+
+    def sampling_times(self, steps: int) -> Tensor:
+        """The descending grid (steps + 1,) float64 from 1 to 0, uniform then shifted."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ProcessError(f"steps must be an int >= 1 for flow, got {steps!r}; e.g. steps=50")
+        return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), self.shift)
+
+    def sample(
+        self,
+        model_fn: Callable[..., Tensor],
+        noise: Tensor,
+        *,
+        sampler: str | None = None,
+        steps: int = 50,
+        model_kwargs: Mapping[str, Any] | None = None,
+        cfg_scale: float = 1.0,
+        uncond_model_kwargs: Mapping[str, Any] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_channels: int | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        callback: Callable[[int, int], None] | None = None,
+        sampler_options: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """Integrate from noise (t = 1) to data (t = 0). ``steps`` is the number of solver steps
+        (heun uses 2 network evaluations per step). ``sampler_options``: ``{"noise_scale": c}`` for euler_maruyama.
+        """
+        sampler = sampler or self.default_sampler
+        check_choice("sampler for flow", sampler, self.samplers)
+        options = check_sampler_options(sampler, sampler_options, _SAMPLER_OPTIONS[sampler])
+        check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
+        times = self.sampling_times(steps)
+        guided = classifier_free_guidance(
+            model_fn,
+            model_kwargs,
+            cfg_scale=cfg_scale,
+            uncond_model_kwargs=uncond_model_kwargs,
+            guidance_channels=guidance_channels,
+            guidance_interval=guidance_interval,
+        )
+        dtype = noise.dtype if noise.is_floating_point() else torch.float32
+
+        def velocity(x: Tensor, t: float) -> Tensor:
+            t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
+            v, _ = split_output(guided(x, t_vec), x.shape[1], False, self.kind)
+            return v
+
+        return FLOW_SAMPLERS[sampler](velocity, noise, times, generators=generators, callback=callback, **options)
