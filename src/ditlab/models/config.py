@@ -39,7 +39,8 @@ class DiTConfig:
     """Everything that fixes a DiT's architecture; ``to_dict``/``DiTConfig(**d)`` round-trip.
 
     ``input_size`` is the latent (H, W) (32 for 256-px images through an 8x autoencoder);
-    ``timestep_scale`` multiplies t before the sinusoidal embedding (1000 for flow matching).
+    ``timestep_scale`` multiplies t before the sinusoidal embedding (1000 for flow matching);
+    ``timestep_freq_shift`` only exists to reproduce diffusers' DiT, whose sinusoid differs.
     """
 
     name: str = "DiT-S/2"
@@ -58,6 +59,7 @@ class DiTConfig:
     grad_checkpointing: bool = False
     timestep_scale: float = 1.0
     frequency_embedding_size: int = 256
+    timestep_freq_shift: float = 0.0  # 0: the paper's embedder; 1: diffusers' DiTTransformer2DModel
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. provenance
 
     def __post_init__(self) -> None:

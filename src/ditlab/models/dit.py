@@ -38,7 +38,9 @@ class DiT(nn.Module):
         self.grad_checkpointing = config.grad_checkpointing
 
         self.x_embedder = PatchEmbed(p, config.in_channels, d)
-        self.t_embedder = TimestepEmbedder(d, config.frequency_embedding_size, config.timestep_scale)
+        self.t_embedder = TimestepEmbedder(
+            d, config.frequency_embedding_size, config.timestep_scale, config.timestep_freq_shift
+        )
         self.y_embedder = (
             LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
             if config.num_classes > 0 else None

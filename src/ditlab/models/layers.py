@@ -42,14 +42,19 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- embedders
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+def timestep_embedding(
+    t: Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0
+) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps t (N,) -> (N, dim): [cos | sin].
 
-    Frequencies exp(-ln(max_period) * i / (dim/2)) as in ADM / DiT's timestep embedder.
+    Frequencies exp(-ln(max_period) * i / (dim/2 - freq_shift)), i < dim/2. ``freq_shift=0`` is
+    ADM / the DiT paper's embedder; diffusers' ``DiTTransformer2DModel`` uses ``freq_shift=1``.
     """
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=t.device)
+        / (half - freq_shift)
     )  # (half,)
     args = t.float()[:, None] * freqs[None]  # (N, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2*half)
@@ -61,9 +66,16 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 class TimestepEmbedder(nn.Module):
     """t (N,) -> 256-d sinusoid -> Linear, SiLU, Linear -> (N, hidden_size)."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, scale: float = 1.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        frequency_embedding_size: int = 256,
+        scale: float = 1.0,
+        freq_shift: float = 0.0,
+    ):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
+        self.freq_shift = float(freq_shift)
         # Flow matching feeds t in [0, 1]; scaling it (e.g. by 1000) gives the sinusoid the same
         # resolution it has for DDPM step indices.
         self.scale = float(scale)
@@ -74,7 +86,9 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: Tensor) -> Tensor:
-        t_freq = timestep_embedding(t * self.scale, self.frequency_embedding_size)  # (N, 256)
+        t_freq = timestep_embedding(
+            t * self.scale, self.frequency_embedding_size, freq_shift=self.freq_shift
+        )  # (N, 256)
         return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (N, D)
 
 
