@@ -144,3 +144,30 @@ class FolderSource:
 
     def close(self) -> None:
         self._it = None
+
+
+class CacheSource:
+    """Batches read from a latent cache made by ``ditlab extract-latents`` (memory-mapped shards).
+
+    Each latent is stored for the image and its horizontal flip; which one a step uses is a fresh draw
+    from torch's global RNG every time (for the global batch, then sliced), so it resumes exactly.
+    """
+
+    def __init__(self, cache, order: BatchOrder, rank: int, local_batch: int, device: torch.device, flip: bool = True):
+        self.cache, self.order, self.rank, self.local_batch = cache, order, rank, local_batch
+        self.device, self.flip = device, flip
+        self.labels = torch.from_numpy(cache.labels.astype("int64"))
+        self.consumed = 0
+        self.skipped = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order.indices(self.consumed)
+        flips = torch.rand(idx.shape[0]) < 0.5 if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
+        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
+        idx, flips = idx[lo:hi], flips[lo:hi]
+        x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips)])  # (B, C, h, w)
+        self.consumed += 1
+        return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        pass

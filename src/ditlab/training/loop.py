@@ -19,7 +19,7 @@ import torch
 from ditlab.config import TrainConfig, load_config, save_config
 from ditlab.errors import CheckpointError, ConfigError, UserError
 from ditlab.training import checkpoint as ckpt
-from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
+from ditlab.training.data_source import BatchOrder, CacheSource, FolderSource, InMemorySource
 from ditlab.training.distributed import (
     DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, cleanup, init_distributed,
 )
@@ -127,34 +127,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     # ---- data and latent space
     dataset = None
     if config.latents:
-        raise ConfigError("--latents needs the latent cache reader (ditlab.data.latent_cache): not available yet")
-    dataset = build_dataset(config.data, config.image_size, flip=False)
-    if info.is_main:
-        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
-    barrier(info)
-    if not info.is_main:
-        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
-    autoencoder.to(device)
-    num_classes = int(dataset.num_classes)
-    flip = bool(config.flip) if config.flip is not None else bool(getattr(dataset, "flip_default", False))
-    order_items = len(dataset)
-    if hasattr(dataset, "tensors"):
-        if info.is_main:
-            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
-        barrier(info)
-        if not info.is_main:
-            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
-        order = BatchOrder(order_items, config.global_batch_size, config.seed)
-        source = InMemorySource(latents, labels, order, info.rank, local_batch, device, flip=flip)
-        latent_shape = tuple(latents.shape[1:])
+        source, autoencoder, num_classes, latent_shape, image_channels = _cache_source(config, info, local_batch, device)
     else:
-        flip = True if config.flip is None else config.flip
-        order = BatchOrder(order_items, config.global_batch_size, config.seed)
-        source = FolderSource(dataset, autoencoder, order, info.rank, local_batch, device,
-                              config.num_workers, flip, config.vae_sample_posterior)
-        with torch.no_grad():
-            probe = autoencoder.encode(dataset_probe(dataset).to(device))
-        latent_shape = tuple(probe.shape[1:])
+        dataset = build_dataset(config.data, config.image_size, flip=False)
+        source, autoencoder, num_classes, latent_shape = _data_source(config, dataset, run_dir, info, local_batch, device, log)
+        image_channels = int(getattr(dataset, "channels", 3))
 
     # ---- model, process, optimiser
     process = build_process(config)
@@ -182,7 +159,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         "model": model.config.to_dict(),
         "num_classes": num_classes,
         "latent_shape": list(latent_shape),
-        "image_channels": int(getattr(dataset, "channels", 3)),
+        "image_channels": image_channels,
         "image_size": config.image_size,
         "autoencoder": autoencoder.identity(),
     }
@@ -272,6 +249,52 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         log(f"skipped {source.skipped} unreadable image loads ({len(bad)} files), e.g. {bad[:3]}")
     source.close()
     return TrainResult(run_dir, step, stopped, source.skipped, last_loss)
+
+
+def _data_source(config: TrainConfig, dataset, run_dir: Path, info: DistInfo, local_batch: int, device, log):
+    """Autoencoder + batch source for a dataset: built-ins encoded once into memory, folders on the fly."""
+    if info.is_main:
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    barrier(info)
+    if not info.is_main:
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    autoencoder.to(device)
+    num_classes = int(dataset.num_classes)
+    order = BatchOrder(len(dataset), config.global_batch_size, config.seed)
+    if hasattr(dataset, "tensors"):  # built-in digits: no flips unless asked (a flipped 3 is no 3)
+        if info.is_main:
+            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        barrier(info)
+        if not info.is_main:
+            latents, labels = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        source = InMemorySource(latents, labels, order, info.rank, local_batch, device, flip=bool(config.flip))
+        latent_shape = tuple(latents.shape[1:])
+    else:
+        flip = True if config.flip is None else config.flip  # folders: flips on by default (ADM, DiT)
+        source = FolderSource(dataset, autoencoder, order, info.rank, local_batch, device,
+                              config.num_workers, flip, config.vae_sample_posterior)
+        with torch.no_grad():
+            probe = autoencoder.encode(dataset_probe(dataset).to(device))
+        latent_shape = tuple(probe.shape[1:])
+    return source, autoencoder, num_classes, latent_shape
+
+
+def _cache_source(config: TrainConfig, info: DistInfo, local_batch: int, device):
+    """Autoencoder + batch source for a latent cache; refuses a cache of another autoencoder or size."""
+    from ditlab.autoencoders import load_autoencoder
+    from ditlab.data.latent_cache import LatentCache
+
+    cache = LatentCache.open(config.latents)
+    spec = cache.index.autoencoder_source if config.autoencoder == "auto" else config.autoencoder
+    autoencoder = load_autoencoder(spec).to(device)
+    latent_shape = tuple(cache.index.latent_shape)
+    expected = (autoencoder.latent_channels, config.image_size // autoencoder.downsample,
+                config.image_size // autoencoder.downsample)
+    cache.check_compatible(autoencoder.identity(), config.image_size, expected)
+    order = BatchOrder(len(cache), config.global_batch_size, config.seed)
+    flip = True if config.flip is None else config.flip
+    source = CacheSource(cache, order, info.rank, local_batch, device, flip=flip)
+    return source, autoencoder, cache.index.num_classes, latent_shape, int(autoencoder.image_channels)
 
 
 def dataset_probe(dataset) -> torch.Tensor:
