@@ -1,0 +1,87 @@
+"""``ditlab convert``: official DiT checkpoints and diffusers transformers to and from ditlab.
+
+    ditlab convert official DiT-XL-2-256x256.pt OUT_DIR       # also {"model", "ema"} training files (takes ema)
+    ditlab convert diffusers TRANSFORMER_OR_PIPELINE_DIR OUT_DIR
+    ditlab convert to-official MODEL_DIR OUT.pt
+    ditlab convert to-diffusers MODEL_DIR OUT_DIR
+
+OUT_DIR of the first two is a ditlab model directory (config.json + model.safetensors), which
+``load_pretrained`` and ``create_model(OUT_DIR)`` read. Everything stays local: no hub downloads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ditlab.errors import CheckpointError
+
+NAME = "convert"
+HELP = "Convert official DiT checkpoints and diffusers DiT transformers to and from ditlab models."
+FORMATS = ("official", "diffusers", "to-official", "to-diffusers")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("format", choices=FORMATS,
+                        help="official / diffusers: import into ditlab; to-official / to-diffusers: export")
+    parser.add_argument("source", metavar="SRC", help="checkpoint file or model directory to read")
+    parser.add_argument("dest", metavar="OUT", help="directory (or .pt/.safetensors file for to-official) to write")
+    parser.add_argument("--model", default=None,
+                        help="registry name, e.g. DiT-XL/2 (default: found from the tensor shapes)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="override the class count read from the label table (rows - 1)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="latent side (default: read from the checkpoint's position table)")
+
+
+def _load_diffusers_transformer(src: Path):
+    from diffusers import DiTTransformer2DModel
+
+    if (src / "transformer" / "config.json").is_file():
+        src = src / "transformer"  # a DiTPipeline directory
+    if not (src / "config.json").is_file():
+        raise CheckpointError(
+            f"{src} is not a diffusers model directory (no config.json): pass a DiTTransformer2DModel "
+            "or DiTPipeline directory saved with save_pretrained"
+        )
+    try:
+        return DiTTransformer2DModel.from_pretrained(str(src), local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise CheckpointError(f"cannot load a DiTTransformer2DModel from {src} ({err}): check the directory") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditlab.interop import from_diffusers, from_official, read_checkpoint, to_diffusers, to_official
+    from ditlab.models import load_pretrained, save_pretrained
+
+    src, dest = Path(args.source), Path(args.dest)
+    overrides = dict(num_classes=args.num_classes, input_size=args.input_size)
+    if args.format == "official":
+        model = from_official(read_checkpoint(src), args.model, **overrides)
+        model.config.extra["converted_from"] = f"official:{src.name}"
+        save_pretrained(model, dest)
+    elif args.format == "diffusers":
+        model = from_diffusers(_load_diffusers_transformer(src), args.model, **overrides)
+        model.config.extra["converted_from"] = f"diffusers:{src.name}"
+        save_pretrained(model, dest)
+    elif args.format == "to-official":
+        sd = to_official(load_pretrained(src))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(dest))
+        else:
+            import torch
+
+            torch.save(sd, dest)
+    else:
+        model = load_pretrained(src)
+        to_diffusers(model).save_pretrained(str(dest))
+        if model.config.timestep_freq_shift != 1 or model.config.timestep_scale != 1:
+            print("note: diffusers' config cannot store this model's timestep sinusoid; after "
+                  "DiTTransformer2DModel.from_pretrained set time_proj.downscale_freq_shift="
+                  f"{model.config.timestep_freq_shift:g} and time_proj.scale={model.config.timestep_scale:g} "
+                  "in every block (ditlab.interop.to_diffusers does this in memory)", file=sys.stderr)
+    print(f"wrote {dest}")
+    return 0
