@@ -76,14 +76,16 @@ class FlowProcess:
     def __repr__(self) -> str:
         return f"FlowProcess({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items() if k != 'kind')})"
 
-    def sample_t(self, n: int, device: torch.device | str | None = None) -> Tensor:
-        """Training times (n,) in [0, 1] from torch's global RNG, shifted."""
+    def sample_t(
+        self, n: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training times (n,) in [0, 1], shifted; from ``generator`` or else torch's global RNG."""
         if self.time_sampling == "uniform":
-            t = torch.rand(n, device=device)
+            t = torch.rand(n, device=device, generator=generator)
         elif self.time_sampling == "logit_normal":
-            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
+            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device, generator=generator))
         else:  # SD3 eq. 20: f(u) = 1 - u - s (cos^2(pi u / 2) - 1 + u)
-            u = torch.rand(n, device=device)
+            u = torch.rand(n, device=device, generator=generator)
             t = 1.0 - u - self.mode_scale * (torch.cos(math.pi / 2 * u) ** 2 - 1.0 + u)
         return shift_time(t, self.shift)
 

@@ -120,6 +120,12 @@ class GaussianProcess:
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * pred.log_variance)) / LN2
         return torch.where(t == 0, nll, kl)
 
+    def sample_t(
+        self, n: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training steps (n,) uniform over [0, T), as ``training_loss`` draws them when not given."""
+        return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
+
     def training_loss(
         self,
         model: Callable[..., Tensor],
