@@ -69,6 +69,7 @@ class TrainConfig:
     autocast: str = "none"  # none | bf16 | fp16 (GPU)
     grad_checkpointing: bool = False
     compile: bool = False
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimiser state (FSDP2)
     max_nonfinite_steps: int = 10
     # --- logging and checkpoints ---
     log_every: int = 50
