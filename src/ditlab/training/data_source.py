@@ -4,7 +4,8 @@ The data order is a pure function of (seed, batch number): epoch ``e`` uses the 
 ``seed`` and ``e``; global batch ``k`` is slice ``k mod batches_per_epoch`` of it (the tail of an epoch
 that does not fill a batch is dropped). The only state is the number of batches consumed, so resuming
 at batch ``k`` — with any number of processes — continues exactly where the run stopped. Each rank
-takes its contiguous share of every global batch.
+takes its contiguous share of every global batch. Horizontal flips are a pure function of (seed, batch
+number) too, drawn for the whole global batch.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterator
 import torch
 
 from ditlab.errors import DataError
+from ditlab.training.distributed import step_seed
 
 
 class BatchOrder:
@@ -44,6 +46,11 @@ class BatchOrder:
         start = pos * self.global_batch
         return self.permutation(epoch)[start : start + self.global_batch]
 
+    def flips(self, k: int) -> torch.Tensor:
+        """Which items (global_batch,) bool of global batch ``k`` are mirrored: the same on every rank."""
+        g = torch.Generator().manual_seed(step_seed(self.seed, k) ^ 0x5DEECE66D)  # not the step draws' stream
+        return torch.rand(self.global_batch, generator=g) < 0.5
+
 
 class InMemorySource:
     """Batches sliced from latents held in memory (built-in datasets, encoded once)."""
@@ -62,7 +69,7 @@ class InMemorySource:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.order.indices(self.consumed)
-        flips = torch.rand(idx.shape[0]) < 0.5 if self.flip else None  # drawn for the global batch
+        flips = self.order.flips(self.consumed) if self.flip else None  # drawn for the global batch
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
         idx = idx[lo:hi]
         x = self.latents[idx]
@@ -93,7 +100,7 @@ class _ResumableBatchSampler(torch.utils.data.Sampler):
 class FolderSource:
     """Batches of images decoded by DataLoader workers and encoded to latents on the fly.
 
-    Flips are drawn in the main process from torch's global RNG (not in the workers), so they resume
+    Flips are drawn in the main process from the batch number (not in the workers), so they resume
     exactly. Unreadable images are dropped from their batch and counted in ``skipped``.
     """
 
@@ -128,7 +135,7 @@ class FolderSource:
             if self._it is None:
                 self._start()
             batch = next(self._it)
-            flips = torch.rand(self.order.global_batch) < 0.5 if self.flip else None
+            flips = self.order.flips(self.consumed) if self.flip else None
             self.consumed += 1
             self.skipped += batch.skipped
             images, labels = batch
@@ -150,7 +157,8 @@ class CacheSource:
     """Batches read from a latent cache made by ``ditlab extract-latents`` (memory-mapped shards).
 
     Each latent is stored for the image and its horizontal flip; which one a step uses is a fresh draw
-    from torch's global RNG every time (for the global batch, then sliced), so it resumes exactly.
+    every time, a pure function of (seed, batch number) made for the global batch and then sliced, so it
+    resumes exactly at any world size.
     """
 
     def __init__(self, cache, order: BatchOrder, rank: int, local_batch: int, device: torch.device, flip: bool = True):
@@ -162,7 +170,7 @@ class CacheSource:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.order.indices(self.consumed)
-        flips = torch.rand(idx.shape[0]) < 0.5 if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
+        flips = self.order.flips(self.consumed) if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
         idx, flips = idx[lo:hi], flips[lo:hi]
         x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips)])  # (B, C, h, w)
