@@ -5,6 +5,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from types import ModuleType
 
 from ditlab.errors import UserError
@@ -23,9 +24,21 @@ def _command_modules() -> list[ModuleType]:
     return modules
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes print one line, like every other user error, and exit with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # The default format adds the file and source line of the warning: noise for a CLI user.
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every discovered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ditlab", description="Diffusion Transformers: train, sample, evaluate."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args._run(args) or 0)
     except UserError as err:
@@ -57,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":
