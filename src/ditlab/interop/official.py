@@ -26,9 +26,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist: pass the path of a .pt or .safetensors file")
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(p)))
+        try:
+            return dict(load_file(str(p)))
+        except (SafetensorError, OSError) as err:  # truncated or not a safetensors file
+            raise CheckpointError(f"cannot read {p} ({str(err).splitlines()[0][:80]}): the file is damaged; "
+                                  "download or export it again") from None
     try:
         # Official training checkpoints also hold the argparse Namespace of the run: allow that
         # one harmless class, nothing else.
