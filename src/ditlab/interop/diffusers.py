@@ -122,7 +122,9 @@ def from_diffusers(transformer, name: str | None = None, **overrides: Any) -> Di
     """A ditlab DiT holding the weights of a diffusers ``DiTTransformer2DModel``.
 
     The per-block embedder copies must be identical; otherwise CheckpointError names the block.
-    The result uses diffusers' timestep sinusoid (``timestep_freq_shift=1``) so outputs match.
+    The result uses diffusers' timestep sinusoid (``timestep_freq_shift=1``) so outputs match;
+    a ``norm_eps`` other than 1e-6 (diffusers' default is 1e-5) is not carried over, which
+    changes outputs by about that epsilon's effect on one layer norm per block.
     """
     c = transformer.config
     if c.norm_type != "ada_norm_zero" or c.activation_fn != "gelu-approximate" or not c.attention_bias:
