@@ -34,6 +34,8 @@ from ditlab.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# What a complete checkpoint folder holds; meta.json is written last and removed first.
+FILES = ("model.safetensors", "ema.safetensors", "state.pt", "meta.json")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,7 +123,7 @@ def save_checkpoint(
             old = root / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
             tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             tmp.rename(final)
         _fsync_dir(root)
@@ -141,16 +143,26 @@ def save_checkpoint(
     return final
 
 
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint folder so that a crash half-way never leaves one that looks complete."""
+    (folder / "meta.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _prune(root: Path, keep_last: int) -> None:
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     latest = latest_checkpoint(root.parent)
     for old in steps[:-keep_last] if keep_last > 0 else []:
         if latest is not None and old.resolve() == latest.resolve():
             continue
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a crash mid-write
-        if str(os.getpid()) not in stale.name:
+        _remove(old)
+    for stale in (*root.glob(".tmp-*"), *root.glob(".old-*")):  # left by a crash mid-write
+        if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -160,10 +172,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if pointer.is_file():
         name = pointer.read_text().strip()
         candidate = root / name
-        if name.startswith("step_") and (candidate / "meta.json").is_file():
+        if name.startswith("step_") and _complete(candidate):
             return candidate
     # No pointer (or it names a removed folder): fall back to the newest complete folder.
-    complete = sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+    complete = sorted(p for p in root.glob("step_*") if _complete(p))
     return complete[-1] if complete else None
 
 
@@ -196,4 +208,15 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / "meta.json").read_text())
+    """The ``meta.json`` of a checkpoint folder; a damaged one is a CheckpointError."""
+    try:
+        meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"checkpoint '{ckpt}' has a damaged meta.json ({type(err).__name__}): delete that folder to "
+            f"resume from the previous checkpoint"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint '{ckpt}' has a damaged meta.json: delete that folder to resume from "
+                              f"the previous checkpoint")
+    return meta
