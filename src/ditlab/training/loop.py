@@ -6,6 +6,7 @@ EMA, RNG states and data position restored, so the continued run is the uninterr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import signal
@@ -21,7 +22,9 @@ from ditlab.errors import CheckpointError, ConfigError, UserError
 from ditlab.training import checkpoint as ckpt
 from ditlab.training.data_source import BatchOrder, CacheSource, FolderSource, InMemorySource
 from ditlab.training.distributed import (
-    DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, cleanup, init_distributed,
+    DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, check_compile_backend, check_launch,
+    cleanup, draw_step, drop_labels, fsdp_shard, full_model_state, full_optimizer_state, init_distributed,
+    load_model_state, load_optimizer_state, wrap_ddp,
 )
 from ditlab.training.ema import EMA
 from ditlab.training.logger import RunLogger
@@ -31,8 +34,10 @@ from ditlab.training.setup import (
 
 # Keys that may change between the first run and a resume without changing what is trained.
 RESUMABLE_CHANGES = {
+    "run_dir",  # a run directory may be moved or copied, then resumed from its new place
     "steps", "log_every", "ckpt_every", "keep_last", "sample_every", "tensorboard", "num_workers", "device",
     "eval_num", "eval_batch_size", "sampler", "sample_steps", "cfg_scale", "max_nonfinite_steps", "compile",
+    "fsdp", "grad_checkpointing",  # how the same numbers are computed: free to change on resume
 }
 
 
@@ -73,6 +78,10 @@ def _check_same_run(config: TrainConfig, run_dir: Path) -> None:
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         return
+    from ditlab.training.setup import AUTOENCODER_DIR
+
+    if ckpt.latest_checkpoint(run_dir) is None and not (run_dir / AUTOENCODER_DIR).exists():
+        return  # nothing trained yet (say the last try stopped at a typo in --data): the new settings stand
     saved = load_config(saved_path).to_dict()
     for key, value in config.to_dict().items():
         if key in RESUMABLE_CHANGES or saved.get(key) == value:
@@ -89,7 +98,13 @@ def _autocast(config: TrainConfig, device: torch.device):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
     if device.type != "cuda":
         raise ConfigError(f"autocast {config.autocast} is for GPUs; on {device.type} use --autocast none")
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"GPU {torch.cuda.get_device_name(device)} has no bf16 support: use --autocast fp16 "
+                          f"(with loss scaling) or --autocast none")
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _lr_lambda(warmup: int):
@@ -99,20 +114,31 @@ def _lr_lambda(warmup: int):
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) the run described by ``config``; returns where it ended."""
     device = pick_device(config.device)
-    info = init_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    check_launch(config.fsdp)
+    _autocast(config, device)
+    if config.compile:
+        check_compile_backend(device)
+    info = init_distributed(device, need_group=config.fsdp)
+    device = info.device
     try:
         return _train(config, device, info)
+    except OSError as err:  # disk full or unwritable while writing logs, latents or samples
+        if err.errno not in _DISK_ERRORS:
+            raise
+        good = ckpt.latest_checkpoint(config.run_dir)
+        raise UserError(
+            f"{err.strerror}: '{err.filename or config.run_dir}': free space or fix permissions, then rerun the "
+            f"same command (it resumes from {good or 'the start'})"
+        ) from None
     finally:
         cleanup(info)
 
 
 def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainResult:
     from ditlab.data import build_dataset
+    from ditlab.training.generate import check_sampling
 
     local_batch = check_batch_split(config.global_batch_size, info.world_size)
-    autocast = _autocast(config, device)
     run_dir = Path(config.run_dir)
     _check_same_run(config, run_dir)
     if info.is_main:
@@ -122,7 +148,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         except OSError as err:
             raise UserError(f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir") from None
     log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
-    torch.manual_seed(config.seed + info.rank)
+    # The same seed on every rank: per-step draws are made for the global batch (draw_step), so the
+    # run does not depend on the number of processes.
+    torch.manual_seed(config.seed)
 
     # ---- data and latent space
     dataset = None
@@ -135,15 +163,24 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
 
     # ---- model, process, optimiser
     process = build_process(config)
+    check_sampling(process, config.sampler or None, config.sample_steps)  # now, not after training
     model = build_model(config, latent_shape, num_classes, process).to(device)
+    # Labels are dropped here for the global batch (draw_step), not per rank inside the model.
+    drop_prob = config.class_dropout_prob if getattr(model, "y_embedder", None) is not None else 0.0
+    if drop_prob:
+        model.y_embedder.dropout_prob = 0.0
     ema = EMA(model, decay=config.ema_decay, warmup=config.ema_warmup)
+    if config.fsdp:  # the EMA is sharded like the model, so its update stays a local lerp of shards
+        fsdp_shard(model, info)
+        fsdp_shard(ema.shadow, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps))
-    step = 0
+    step, restored = 0, {}
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
-        step = _restore(latest, model, ema, optimizer, scheduler, source, info)
+        step, restored = _restore(latest, model, ema, optimizer, scheduler, source, info)
         log(f"resuming from {latest} (step {step})")
+    saved_step = step if latest is not None else -1
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {config.model}: {n_params / 1e6:.2f}M parameters, latents {latent_shape}, "
         f"{num_classes} classes, {config.process} process, batch {config.global_batch_size}")
@@ -151,10 +188,14 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     train_model = model
     if config.compile:
         train_model = torch.compile(model)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    if info.enabled and not config.fsdp:
+        train_model = wrap_ddp(train_model, info)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.autocast == "fp16")  # fp16 gradients underflow
+    autocast = _autocast(config, device)
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    def net(x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        with autocast:  # the network in low precision, the loss in float32
+            return train_model(x, t, **kwargs).float()
     meta = {
         "model": model.config.to_dict(),
         "num_classes": num_classes,
@@ -165,19 +206,26 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     }
 
     def save(at_step: int) -> Path | None:
+        nonlocal saved_step
         path = None
+        window = all_reduce_mean(loss_sum, info)  # collective: losses since the last log, for the next log
+        # Full (unsharded) tensors in the single-process layout; gathering them is collective under FSDP.
+        model_state, ema_state = full_model_state(model), full_model_state(ema.shadow)
+        optimizer_state = full_optimizer_state(model, optimizer)
         if info.is_main:
             state = {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "step": at_step,
                 "batches_consumed": source.consumed,
                 "skipped_images": source.skipped,
                 "rng": ckpt.rng_state(),
+                "loss_window": (window.detach().cpu().clone(), loss_count),
             }
-            path = ckpt.save_checkpoint(run_dir, at_step, model.state_dict(), ema.state_dict(), state, meta,
+            path = ckpt.save_checkpoint(run_dir, at_step, model_state, ema_state, state, meta,
                                         keep_last=config.keep_last)
         barrier(info)
+        saved_step = at_step
         return path
 
     logger = RunLogger(run_dir, start_step=step, total_steps=config.steps, tensorboard=config.tensorboard,
@@ -185,6 +233,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     model.train()
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
+    if "loss_window" in restored:  # so the first loss logged after a resume averages the same steps
+        loss_sum += restored["loss_window"][0].to(device)
+        loss_count = int(restored["loss_window"][1])
     nonfinite_run = 0
     last_loss = float("nan")
     t_window = time.perf_counter()
@@ -193,10 +244,13 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     with _StopSignal() as stop:
         while step < config.steps:
             x0, y = source.next()
-            model_kwargs = {"y": y} if num_classes > 0 else {}
-            with autocast:
-                loss = process.training_loss(train_model, x0, model_kwargs).mean()
-            if not torch.isfinite(loss).item():
+            # t, noise and label dropout drawn for the global batch, this rank's rows kept
+            draws = draw_step(process, config.seed, step, config.global_batch_size, latent_shape, device,
+                              drop_prob).local(info.rank * local_batch, x0.shape[0])
+            model_kwargs = {"y": drop_labels(y, draws.drop, num_classes)} if num_classes > 0 else {}
+            loss = process.training_loss(net, x0, model_kwargs, t=draws.t, noise=draws.noise).mean()
+            # decided on the mean over ranks, so that every rank skips the same steps
+            if not torch.isfinite(all_reduce_mean(loss.detach(), info)).item():
                 nonfinite_run += 1
                 optimizer.zero_grad(set_to_none=True)
                 good = ckpt.latest_checkpoint(run_dir)
@@ -210,10 +264,12 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
                 continue
             nonfinite_run = 0
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             ema.update(model, step)
             step += 1
@@ -229,9 +285,11 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
                 last_loss = mean_loss
                 loss_sum.zero_()
                 loss_count, images_window, t_window = 0, 0, time.perf_counter()
-            if config.sample_every and step % config.sample_every == 0 and info.is_main:
-                _sample_grid(config, ema.shadow, process, autoencoder, latent_shape, num_classes, device,
-                             run_dir / "samples" / f"step_{step:07d}.png")
+            if config.sample_every and step % config.sample_every == 0:
+                sampler_model = _unsharded_copy(ema.shadow, device) if config.fsdp else ema.shadow  # collective
+                if info.is_main:
+                    _sample_grid(config, sampler_model, process, autoencoder, latent_shape, num_classes, device,
+                                 run_dir / "samples" / f"step_{step:07d}.png")
                 model.train()
             if step % config.ckpt_every == 0 and step < config.steps:
                 save(step)
@@ -240,7 +298,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
                 break
     if not math.isfinite(last_loss) and loss_count:
         last_loss = (loss_sum / loss_count).item()
-    final = save(step)
+    final = save(step) if step != saved_step else ckpt.latest_checkpoint(run_dir)  # not twice
     logger.close()
     if stopped and info.is_main:
         log(f"stopped at step {step}; checkpoint {final}. Resume by rerunning the same command.")
@@ -306,26 +364,37 @@ def dataset_probe(dataset) -> torch.Tensor:
     raise UserError("none of the first 64 images of the dataset can be read: check the data folder")
 
 
-def _restore(path: Path, model, ema, optimizer, scheduler, source, info: DistInfo) -> int:
+def _restore(path: Path, model, ema, optimizer, scheduler, source, info: DistInfo) -> tuple[int, dict]:
     meta = ckpt.read_meta(path)
-    expected = model.config.to_dict()
-    if meta.get("model") != expected:
+    expected = {**model.config.to_dict(), "grad_checkpointing": None}  # recomputation: the same numbers
+    if {**meta.get("model", {}), "grad_checkpointing": None} != expected:
         raise CheckpointError(
             f"checkpoint '{path}' holds another model ({meta.get('model', {}).get('name')}): "
             f"use a new --run_dir for this configuration"
         )
-    model.load_state_dict(ckpt.load_weights(path / "model.safetensors"))
-    ema.load_state_dict(ckpt.load_weights(path / "ema.safetensors"))
+    # Full tensors in the single-process layout: each rank keeps its shard under FSDP.
+    load_model_state(model, ckpt.load_weights(path / "model.safetensors"))
+    load_model_state(ema.shadow, ckpt.load_weights(path / "ema.safetensors"))
     state = ckpt.load_train_state(path / "state.pt")
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     source.consumed = int(state["batches_consumed"])
     source.skipped = int(state.get("skipped_images", 0))
     rng = state["rng"]
-    ckpt.set_rng_state(rng)
-    if info.rank:
-        torch.manual_seed(int(torch.randint(0, 2**31, (1,)).item()) + info.rank)
-    return int(state["step"])
+    ckpt.set_rng_state(rng)  # rank 0's state on every rank: all ranks stay identical
+    return int(state["step"]), state
+
+
+def _unsharded_copy(module, device: torch.device) -> torch.nn.Module | None:
+    """A plain copy of an FSDP-sharded DiT on rank 0 (None elsewhere); every rank must call it."""
+    from ditlab.models import model_from_config
+
+    state = full_model_state(module)
+    if not state:
+        return None
+    copy = model_from_config(module.config).to(device)
+    copy.load_state_dict(state)
+    return copy.eval()
 
 
 @torch.no_grad()
