@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ditlab.errors import UserError
     from ditlab.training.final_eval import spread_labels
-    from ditlab.training.generate import check_writable, generate, save_grid, save_npz, save_png
+    from ditlab.training.generate import check_sampling, check_writable, generate, save_grid, save_npz, save_png
     from ditlab.training.setup import load_run, pick_device
 
     if args.num < 1:
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_.config.cfg_scale if args.cfg is None else args.cfg
     steps = args.steps or run_.config.sample_steps
     sampler = args.sampler or run_.config.sampler or None
+    check_sampling(run_.process, sampler, steps)  # fail before the progress bar starts
     from tqdm import tqdm
 
     with tqdm(total=args.num, desc="sample", unit="img") as bar:

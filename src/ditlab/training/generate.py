@@ -68,6 +68,18 @@ def generate(
     return np.concatenate(out)
 
 
+def check_sampling(process, sampler: str | None, steps: int) -> None:
+    """Raise ProcessError for a sampler or step count ``process`` cannot run, before any work starts."""
+    from ditlab.diffusion.common import check_choice
+
+    sampler = sampler or process.default_sampler
+    check_choice(f"sampler for {process.kind}", sampler, process.samplers)
+    if process.kind == "flow":
+        process.sampling_times(steps)
+    else:
+        process.spaced(steps, sampler)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded as ADM does."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
