@@ -1,6 +1,7 @@
 """Build models by name or from a saved config."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -8,8 +9,12 @@ from typing import Any
 import torch
 
 from ditlab.errors import ModelError
-from ditlab.models.config import DiTConfig, config_for
+from ditlab.models.config import REGISTRY, DiTConfig, config_for
 from ditlab.models.dit import DiT
+
+
+def _on(device: torch.device | str | None):
+    return torch.device(device) if device is not None else contextlib.nullcontext()
 
 
 def create_model(name: str, *, device: torch.device | str | None = None, **overrides: Any) -> DiT:
@@ -18,11 +23,12 @@ def create_model(name: str, *, device: torch.device | str | None = None, **overr
     Overrides are any ``DiTConfig`` field: ``input_size`` (int or (H, W)), ``in_channels``,
     ``num_classes`` (0 = unconditional), ``learn_sigma``, ``class_dropout_prob``, ``depth``,
     ``hidden_size``, ``num_heads``, ``patch_size``, ``mlp_ratio``, ``block``, ``qk_norm``,
-    ``grad_checkpointing``, ``timestep_scale``. ``device="meta"`` builds without memory.
-    ``name`` may also be a path to a ``config.json`` (or a directory holding one).
+    ``grad_checkpointing``, ``timestep_scale``; ``None`` values are ignored.
+    ``device="meta"`` builds without memory (for counting parameters and flops).
+    ``name`` may also be a path to a ``config.json`` or a directory holding one.
     """
     path = Path(name)
-    if name not in _names() and (path.suffix == ".json" or path.is_dir()):
+    if name not in REGISTRY and (path.suffix == ".json" or path.is_dir()):
         cfg_path = path / "config.json" if path.is_dir() else path
         if not cfg_path.is_file():
             raise ModelError(f"no config.json at {cfg_path}: pass a registered name or a saved model dir")
@@ -30,26 +36,12 @@ def create_model(name: str, *, device: torch.device | str | None = None, **overr
         d.update({k: v for k, v in overrides.items() if v is not None})
         return model_from_config(d, device=device)
     cfg = config_for(name, **overrides)
-    with torch.device(device) if device is not None else _nullcontext():
+    with _on(device):
         return DiT(cfg)
 
 
 def model_from_config(config: DiTConfig | dict[str, Any], *, device: torch.device | str | None = None) -> DiT:
     """Rebuild the architecture described by ``model.config`` or ``model.config.to_dict()``."""
     cfg = config if isinstance(config, DiTConfig) else DiTConfig.from_dict(dict(config))
-    with torch.device(device) if device is not None else _nullcontext():
+    with _on(device):
         return DiT(cfg)
-
-
-def _names() -> set[str]:
-    from ditlab.models.config import REGISTRY
-
-    return set(REGISTRY)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
