@@ -17,9 +17,11 @@ either the old or the new checkpoint as ``latest``, never a half-written one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -59,6 +61,24 @@ def _fsync_file(path: Path) -> None:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def io_error(err: BaseException) -> OSError | None:
+    """The OSError behind a failed write, or None when ``err`` is no I/O failure.
+
+    torch and safetensors wrap a failed write (disk full, file too large) in their own exception types;
+    torch keeps the OSError of a Python file object as the context, safetensors only names it in the text.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    found = re.search(r"os error (\d+)", str(err)) if isinstance(err, SafetensorError) else None
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code))
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,7 +133,8 @@ def save_checkpoint(
         tmp.mkdir()
         save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
         save_file(_contiguous(ema_state), str(tmp / "ema.safetensors"))
-        torch.save(train_state, tmp / "state.pt")
+        with open(tmp / "state.pt", "wb") as f:  # a Python file: a failed write keeps its OSError
+            torch.save(train_state, f)
         meta = {**meta, "step": step, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
@@ -132,9 +153,12 @@ def save_checkpoint(
         _fsync_file(pointer_tmp)
         pointer_tmp.replace(root / LATEST)
         _fsync_dir(root)
-    except OSError as err:
+    except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = "disk full" if err.errno == 28 else (err.strerror or str(err))
+        cause = io_error(err)
+        if cause is None:
+            raise
+        reason = "disk full" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
         raise CheckpointError(
             f"could not write checkpoint for step {step} in '{root}' ({reason}): free space or fix "
             f"permissions; the previous checkpoint is intact"

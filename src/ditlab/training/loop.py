@@ -24,7 +24,7 @@ from ditlab.training.data_source import BatchOrder, CacheSource, FolderSource, I
 from ditlab.training.distributed import (
     DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, check_compile_backend, check_launch,
     cleanup, draw_step, drop_labels, fsdp_shard, full_model_state, full_optimizer_state, init_distributed,
-    load_model_state, load_optimizer_state, wrap_ddp,
+    launch_world_size, load_model_state, load_optimizer_state, wrap_ddp,
 )
 from ditlab.training.ema import EMA
 from ditlab.training.logger import RunLogger
@@ -104,7 +104,7 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _lr_lambda(warmup: int):
@@ -114,7 +114,8 @@ def _lr_lambda(warmup: int):
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) the run described by ``config``; returns where it ended."""
     device = pick_device(config.device)
-    check_launch(config.fsdp)
+    check_launch(config.fsdp)  # the launch, batch split, precision and compiler, before any work
+    check_batch_split(config.global_batch_size, launch_world_size())
     _autocast(config, device)
     if config.compile:
         check_compile_backend(device)
@@ -122,13 +123,16 @@ def train(config: TrainConfig) -> TrainResult:
     device = info.device
     try:
         return _train(config, device, info)
-    except OSError as err:  # disk full or unwritable while writing logs, latents or samples
-        if err.errno not in _DISK_ERRORS:
+    except UserError:
+        raise
+    except Exception as err:  # disk full or unwritable while writing logs, latents or samples
+        cause = ckpt.io_error(err)
+        if cause is None or cause.errno not in _DISK_ERRORS:
             raise
         good = ckpt.latest_checkpoint(config.run_dir)
         raise UserError(
-            f"{err.strerror}: '{err.filename or config.run_dir}': free space or fix permissions, then rerun the "
-            f"same command (it resumes from {good or 'the start'})"
+            f"{cause.strerror}: '{cause.filename or config.run_dir}': free space or fix permissions, then rerun "
+            f"the same command (it resumes from {good or 'the start'})"
         ) from None
     finally:
         cleanup(info)
