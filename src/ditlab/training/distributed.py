@@ -46,6 +46,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_world_size() -> int:
+    """The number of processes torchrun started (1 for a plain process), known before joining a group."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def check_launch(fsdp: bool) -> None:
     """``--fsdp`` shards over the processes torchrun starts: refuse it in a plain process."""
     if fsdp and not launched_by_torchrun():
