@@ -62,7 +62,10 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
 def uint8_to_tensor(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (H, W) / (H, W, C) array or (C, H, W) tensor -> float (C, H, W) in [-1, 1]."""
     if isinstance(arr, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # arrays that view a PIL image are read-only
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
     else:
         t = arr
