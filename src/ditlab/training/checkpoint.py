@@ -81,6 +81,13 @@ def io_error(err: BaseException) -> OSError | None:
     return None
 
 
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA): a fresh run starts from states its seed fixes."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """The RNG states of Python, NumPy and torch (CPU and CUDA), as weights_only-loadable values."""
     np_state = np.random.get_state()

@@ -153,8 +153,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
             raise UserError(f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir") from None
     log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
     # The same seed on every rank: per-step draws are made for the global batch (draw_step), so the
-    # run does not depend on the number of processes.
-    torch.manual_seed(config.seed)
+    # run does not depend on the number of processes. Python's and NumPy's RNGs too, so that the RNG
+    # states a checkpoint stores are the seed's, not the operating system's.
+    ckpt.seed_all(config.seed)
 
     # ---- data and latent space
     dataset = None
