@@ -79,13 +79,20 @@ def run(args: argparse.Namespace) -> int:
             dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,
             shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
             num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
-            progress=not args.no_progress, device=device, dataset_spec=str(args.data),
-            autoencoder_spec=str(args.autoencoder),
+            progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
+            autoencoder_spec=_absolute(args.autoencoder),
         )
     finally:
         if created:
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _absolute(spec: str) -> str:
+    """A local path made absolute (the trainer reloads the autoencoder from the index, maybe from
+    another directory); names such as ``sd-vae-ft-ema``, ``pixel`` or ``mnist`` as given."""
+    path = Path(spec).expanduser()
+    return str(path.absolute()) if spec != "pixel" and path.exists() else str(spec)
 
 
 def _dataset_fingerprint(dataset) -> str:
