@@ -54,13 +54,20 @@ class GaussianMixture:
         """E[eps | x_t = x] for x_t = alpha x0 + sigma eps; ``y`` (N,) restricts to component y (K = all)."""
         x64 = x.to(torch.float64)
         n, d = x64.shape
-        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1).expand(n, 1, 1)
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1).expand(n, 1, 1)
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).expand(n)
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(n)
+        # Samplers use one noise level per step: then the d x d inverses are computed once, not per sample.
+        shared = bool((a == a[0]).all() and (s == s[0]).all())
+        if shared and self.num_components == 1:
+            # One Gaussian, one noise level: E[eps | x] = s S^{-1} (x - a mu), a single matmul.
+            S = a[0] ** 2 * self.covs[0] + s[0] ** 2 * torch.eye(d, dtype=torch.float64)
+            return (s[0] * (x64 - a[0] * self.means[0]) @ torch.linalg.inv(S)).to(x.dtype)  # S symmetric
+        la, ls = (a[:1], s[:1]) if shared else (a, s)
         eye = torch.eye(d, dtype=torch.float64)
-        S = a.unsqueeze(1) ** 2 * self.covs.unsqueeze(0) + (s**2).unsqueeze(1) * eye  # (N, K, d, d)
-        diff = x64[:, None, :] - a * self.means.unsqueeze(0)  # (N, K, d)
-        sol = torch.linalg.solve(S, diff.unsqueeze(-1)).squeeze(-1)  # S_k^{-1} (x - a mu_k)
-        logdet = torch.linalg.slogdet(S)[1]  # (N, K)
+        S = la.reshape(-1, 1, 1, 1) ** 2 * self.covs + ls.reshape(-1, 1, 1, 1) ** 2 * eye  # (N or 1, K, d, d)
+        S_inv, logdet = torch.linalg.inv(S), torch.linalg.slogdet(S)[1]  # (N or 1, K, d, d), (N or 1, K)
+        diff = x64[:, None, :] - a.reshape(-1, 1, 1) * self.means.unsqueeze(0)  # (N, K, d)
+        sol = torch.einsum("nkij,nkj->nki", S_inv.expand(n, -1, -1, -1), diff)  # S_k^{-1} (x - a mu_k)
         log_resp = torch.log(self.weights) - 0.5 * (logdet + (diff * sol).sum(-1) + d * math.log(2 * math.pi))
         if y is not None:
             y = y.to(torch.long).reshape(-1)
@@ -68,7 +75,7 @@ class GaussianMixture:
             only |= (y >= self.num_components).unsqueeze(1)  # the null label keeps every component
             log_resp = log_resp.masked_fill(~only, -math.inf)
         resp = torch.softmax(log_resp, dim=1)  # (N, K)
-        eps = s.squeeze(-1) * (resp.unsqueeze(-1) * sol).sum(1)  # (N, d)
+        eps = s.reshape(-1, 1) * (resp.unsqueeze(-1) * sol).sum(1)  # (N, d)
         return eps.to(x.dtype)
 
     def ddpm_model(self, process, learn_sigma_value: float = -1.0):

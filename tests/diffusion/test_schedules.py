@@ -1,0 +1,101 @@
+"""Schedules, posterior tables and respacing, checked against diffusers and closed forms."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ditlab.diffusion import create_process
+from ditlab.diffusion.schedules import SpacedSchedule, beta_schedule, space_timesteps
+from ditlab.errors import ProcessError
+
+diffusers = pytest.importorskip("diffusers")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+DIFFUSERS_SCHEDULES = {
+    "linear": dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+    "cosine": dict(beta_schedule="squaredcos_cap_v2"),
+    "scaled_linear": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+}
+
+
+@pytest.mark.parametrize("schedule", list(DIFFUSERS_SCHEDULES))
+def test_tables_equal_diffusers_ddpm_scheduler(schedule):
+    p = create_process("ddpm", schedule=schedule, num_timesteps=1000)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, **DIFFUSERS_SCHEDULES[schedule])
+    # diffusers builds its tables in float32; ours are float64.
+    np.testing.assert_allclose(p.betas.numpy(), ref.betas.numpy(), rtol=2e-6, atol=1e-8)
+    np.testing.assert_allclose(p.alphas_cumprod.numpy(), ref.alphas_cumprod.numpy(), rtol=2e-5, atol=1e-9)
+    ref.set_timesteps(1000)
+    ts = list(range(1, 1000, 7))
+    ref_post = np.array([float(ref._get_variance(t, variance_type="fixed_small")) for t in ts])
+    # float32 1 - alpha_bar near t = 0 limits diffusers' precision to ~4e-4 relative there.
+    np.testing.assert_allclose(p.full.posterior_variance[ts].numpy(), ref_post, rtol=1e-3)
+    assert p.full.posterior_variance[0] == 0
+
+
+def test_linear_schedule_end_points_and_scaling():
+    betas = beta_schedule("linear", 1000)
+    assert float(betas[0]) == pytest.approx(1e-4) and float(betas[-1]) == pytest.approx(0.02)
+    # ADM scales the end points by 1000 / T so that short chains reach the same noise level.
+    short = beta_schedule("linear", 100)
+    assert float(short[0]) == pytest.approx(1e-3) and float(short[-1]) == pytest.approx(0.2)
+
+
+def test_cosine_alpha_bar_closed_form():
+    T = 1000
+    acp = torch.cumprod(1 - beta_schedule("cosine", T), 0)
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + 0.008) / 1.008 * torch.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
+    # Equal until the 0.999 clip on the last betas takes effect.
+    np.testing.assert_allclose(acp[:990].numpy(), f[:990].numpy(), rtol=1e-10)
+
+
+def test_posterior_mean_and_variance_closed_form():
+    """q(x_{t-1} | x_t, x0) from Bayes' rule on the two Gaussians, computed independently."""
+    p = create_process("ddpm")
+    t = 400
+    a_bar, a_bar_prev, beta = (float(v) for v in (p.alphas_cumprod[t], p.alphas_cumprod[t - 1], p.betas[t]))
+    x0, x_t = torch.randn(2, 3, dtype=torch.float64).unbind(0)
+    # p(x_{t-1} | x0) = N(sqrt(a_prev) x0, 1 - a_prev); p(x_t | x_{t-1}) = N(sqrt(1 - beta) x_{t-1}, beta).
+    precision = 1 / (1 - a_bar_prev) + (1 - beta) / beta
+    mean = (np.sqrt(a_bar_prev) * x0 / (1 - a_bar_prev) + np.sqrt(1 - beta) * x_t / beta) / precision
+    got_mean, got_var, got_log_var = p.q_posterior(x0[None], x_t[None], torch.tensor([t]))
+    torch.testing.assert_close(got_mean[0], mean)
+    assert float(got_var) == pytest.approx(1 / precision, rel=1e-10)
+    assert float(got_log_var) == pytest.approx(np.log(1 / precision), rel=1e-10)
+
+
+def test_respacing_strings():
+    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    kept = space_timesteps(1000, "250")
+    gaps = np.diff(kept)
+    assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999 and set(gaps) <= {4, 5}
+    sections = space_timesteps(300, "10,15,20")
+    assert len(sections) == 45
+    assert sum(k < 100 for k in sections) == 10 and sum(100 <= k < 200 for k in sections) == 15
+    assert {0, 99, 100, 199, 200, 299} <= set(sections)
+    assert space_timesteps(1000, 1000) == list(range(1000))
+    for bad in ("ddim0", "1001", "abc", "10,0", "ddim999"):
+        with pytest.raises(ProcessError):
+            space_timesteps(1000, bad)
+
+
+def test_respaced_chain_keeps_alpha_bar_and_full_chain_keeps_betas():
+    p = create_process("ddpm")
+    full = SpacedSchedule.from_alphas_cumprod(p.alphas_cumprod, list(range(1000)))
+    np.testing.assert_allclose(full.betas.numpy(), p.betas.numpy(), rtol=1e-9)
+    s = p.spaced("ddim50")
+    np.testing.assert_allclose(s.alphas_cumprod.numpy(), p.alphas_cumprod[::20].numpy(), rtol=1e-12)
+    # Respaced betas compose to the same cumulative product (ADM's SpacedDiffusion).
+    np.testing.assert_allclose(torch.cumprod(1 - s.betas, 0).numpy(), s.alphas_cumprod.numpy(), rtol=1e-10)
+
+
+def test_integer_steps_spacing_per_sampler():
+    p = create_process("ddpm")
+    assert p.spaced(250, "ddpm").timesteps.tolist() == space_timesteps(1000, "250")
+    want = np.linspace(0, 999, 21).round()[1:].astype(int).tolist()  # diffusers' "linspace" spacing
+    assert p.spaced(20, "dpmpp_2m").timesteps.tolist() == want
+    assert p.spaced("ddim50", "dpmpp_2m").timesteps.tolist() == list(range(0, 1000, 20))
