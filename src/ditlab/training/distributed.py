@@ -224,6 +224,8 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
         return {}
     index = {name: i for i, name in enumerate(_param_names(model))}
     groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
+    for g in groups:  # the gather turns tuples into lists; keep torch's own layout
+        g.update({k: tuple(v) for k, v in g.items() if k != "params" and isinstance(v, list)})
     return {"state": {index[n]: s for n, s in by_name["state"].items()}, "param_groups": groups}
 
 
