@@ -97,5 +97,15 @@ def test_integer_steps_spacing_per_sampler():
     p = create_process("ddpm")
     assert p.spaced(250, "ddpm").timesteps.tolist() == space_timesteps(1000, "250")
     want = np.linspace(0, 999, 21).round()[1:].astype(int).tolist()  # diffusers' "linspace" spacing
-    assert p.spaced(20, "dpmpp_2m").timesteps.tolist() == want
+    assert p.spaced(20, "ddim").timesteps.tolist() == want
+    assert p.spaced("linspace20", "dpmpp_2m").timesteps.tolist() == want
     assert p.spaced("ddim50", "dpmpp_2m").timesteps.tolist() == list(range(0, 1000, 20))
+    # DPM-Solver++ defaults to steps uniform in log-SNR: equal gaps up to the rounding to integer steps.
+    kept = p.spaced(20, "dpmpp_2m").timesteps
+    assert p.spaced("logsnr20").timesteps.tolist() == kept.tolist() and len(kept) == 20 and kept[-1] == 999
+    lam = (0.5 * torch.log(p.alphas_cumprod / (1 - p.alphas_cumprod))).numpy()
+    step = (lam[0] - lam[999]) / 20
+    np.testing.assert_allclose(-np.diff(lam[kept.numpy()])[3:], step, rtol=0.15)
+    for bad in ("logsnr0", "linspace2000", "logsnrx"):
+        with pytest.raises(ProcessError):
+            p.spaced(bad)

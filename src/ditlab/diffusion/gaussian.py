@@ -17,7 +17,15 @@ from ditlab.diffusion.common import check_choice, check_sampler_options, split_o
 from ditlab.diffusion.gaussian_samplers import GAUSSIAN_SAMPLERS, Prediction
 from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
 from ditlab.diffusion.losses import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from ditlab.diffusion.schedules import SCHEDULES, SpacedSchedule, beta_schedule, extract, space_timesteps
+from ditlab.diffusion.schedules import (
+    SCHEDULES,
+    SpacedSchedule,
+    beta_schedule,
+    extract,
+    linspace_timesteps,
+    logsnr_timesteps,
+    space_timesteps,
+)
 from ditlab.errors import ProcessError
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -157,24 +165,34 @@ class GaussianProcess:
 
     # ----- sampling -----
     def spaced(self, steps: int | str, sampler: str = "ddpm") -> SpacedSchedule:
-        """The chain a sampler runs on: ``steps`` network evaluations.
+        """The chain a sampler runs on, with one network evaluation per kept step.
 
-        A string is an ADM respacing (``"250"``, ``"ddim50"``, ``"10,20"``), used as-is by every sampler.
-        An int means ``str(steps)`` for ``ddpm`` (ADM/DiT: evenly spaced, 0 and T-1 included); for the
-        ODE solvers (``ddim``, ``dpmpp_2m``) it means round(linspace(0, T-1, steps+1))[1:] (diffusers'
-        "linspace" spacing), which spends no evaluation at step 0, whose noise level is nearly zero.
+        ``steps`` is an int or a spacing string: ADM's ``"250"``, ``"10,20"``, ``"ddim50"`` (as DiT/ADM), or
+        ``"linspace20"`` (diffusers' default: round(linspace(0, T-1, n+1))[1:]) or ``"logsnr20"``
+        (uniform in log-SNR, DPM-Solver's choice). An int picks the sampler's default spacing:
+        ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim``, logsnr for ``dpmpp_2m``.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, str)):
-            raise ProcessError(f"steps must be an int or a respacing string like '250' or 'ddim50', got {steps!r}")
+            raise ProcessError(f"steps must be an int or a spacing string like '250', 'ddim50', 'logsnr20', got {steps!r}")
         T = self.num_timesteps
-        if isinstance(steps, int) and not 1 <= steps <= T:
-            raise ProcessError(f"steps must be in [1, {T}], got {steps}; pass fewer steps")
-        if isinstance(steps, int) and sampler != "ddpm":
-            kept = sorted({round(i * ((T - 1) / steps)) for i in range(1, steps + 1)})  # as numpy.linspace
-            if len(kept) < steps:  # more steps than distinct rounded points: fall back to even spacing
-                kept = space_timesteps(T, steps)
+        spec = steps if isinstance(steps, str) else {"ddim": f"linspace{steps}", "dpmpp_2m": f"logsnr{steps}"}.get(sampler, str(steps))
+        spec = spec.strip()
+        for prefix, spacing in (("linspace", linspace_timesteps), ("logsnr", None)):
+            if spec.startswith(prefix):
+                try:
+                    n = int(spec[len(prefix):])
+                except ValueError:
+                    raise ProcessError(f"bad spacing {spec!r}; use e.g. '{prefix}20'") from None
+                if not 1 <= n <= T:
+                    raise ProcessError(f"steps must be in [1, {T}], got {n}; pass fewer steps")
+                kept = spacing(T, n) if spacing else logsnr_timesteps(self.alphas_cumprod, n)
+                if len(kept) < n:  # more steps than distinct rounded points: fall back to even spacing
+                    kept = space_timesteps(T, n)
+                break
         else:
-            kept = space_timesteps(T, steps)
+            if isinstance(steps, int) and not 1 <= steps <= T:
+                raise ProcessError(f"steps must be in [1, {T}], got {steps}; pass fewer steps")
+            kept = space_timesteps(T, spec)
         return SpacedSchedule.from_alphas_cumprod(self.alphas_cumprod, kept)
 
     def normalized_time(self, t: Tensor) -> Tensor:

@@ -82,6 +82,31 @@ def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
     return sorted(set(kept))
 
 
+def linspace_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """round(linspace(0, T-1, steps+1))[1:]: diffusers' "linspace" spacing, no evaluation at step 0."""
+    T = int(num_timesteps)
+    return sorted({round(i * ((T - 1) / steps)) for i in range(1, steps + 1)})  # as numpy.linspace
+
+
+def logsnr_timesteps(alphas_cumprod: Tensor, steps: int) -> list[int]:
+    """Steps nearest to a grid uniform in log-SNR lambda = log(alpha / sigma), from step T-1 towards
+    step 0 (whose level is the final step's start), as DPM-Solver recommends (Lu et al. 2022, Sec. 3.3)."""
+    acp = alphas_cumprod.to(torch.float64)
+    lam = 0.5 * (torch.log(acp) - torch.log1p(-acp))  # increasing as t decreases
+    grid = torch.linspace(float(lam[-1]), float(lam[0]), steps + 1, dtype=torch.float64)[:-1]
+    kept: set[int] = set()
+    # From the clean end, where lambda changes fastest per step and nearest indices can collide:
+    # a collision moves to the next free (noisier) step, so there are always exactly ``steps``.
+    for g in grid.flip(0):
+        index = int((lam - g).abs().argmin())
+        while index in kept:
+            index += 1
+        if index >= len(lam):  # only when steps is close to T: take the noisiest free step
+            index = max(set(range(len(lam))) - kept)
+        kept.add(index)
+    return sorted(kept)
+
+
 @dataclass(frozen=True)
 class SpacedSchedule:
     """A Markov chain on a subset of the original steps (all step-indexed tables, shape (K,)).
