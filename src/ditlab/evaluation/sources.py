@@ -120,7 +120,7 @@ def _npz_batches(path: Path, batch_size: int) -> Iterator[np.ndarray]:
         per_image = int(np.prod(shape[1:]))
         for start in range(0, shape[0], batch_size):
             n = min(batch_size, shape[0] - start)
-            buf = fp.read(n * per_image)
+            buf = bytearray(fp.read(n * per_image))  # writable, so torch can wrap it
             yield to_uint8_nhwc(np.frombuffer(buf, dtype=np.uint8).reshape((n, *shape[1:])))
 
 
