@@ -83,6 +83,12 @@ class TrainConfig:
     cfg_scale: float = 1.0
     eval_num: int = 0  # samples for the end-of-run evaluation (0 = none); MNIST: classifier metrics
     eval_batch_size: int = 250
+    # --- evaluation during training (ditlab/training/periodic_eval.py) ---
+    eval_every: int = 0  # 0: off; else score eval_fid_num EMA samples every eval_every steps
+    eval_fid_num: int = 1000  # samples per in-training evaluation (the N of FID-N; the MNIST metrics use them too)
+    eval_metrics: str = "auto"  # auto (fid; fid,mnist for MNIST) | fid | mnist | fid,mnist
+    eval_ref: str = ""  # FID reference: "" = the training set, else an image folder | ADM .npz | stats .npz
+    eval_ref_num: int = 10000  # training images in the FID reference (0 = all)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,6 +294,15 @@ def validate(c: TrainConfig) -> None:
     need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
     need(c.eval_num >= 0, f"eval_num must be >= 0, got {c.eval_num}")
+    need(c.eval_every >= 0, f"eval_every must be >= 0 (0 = no evaluation during training), got {c.eval_every}")
+    need(c.eval_fid_num >= 2, f"eval_fid_num must be >= 2 (statistics need two samples), got {c.eval_fid_num}")
+    need(c.eval_ref_num == 0 or c.eval_ref_num >= 2,
+         f"eval_ref_num must be 0 (the whole training set) or >= 2, got {c.eval_ref_num}")
+    metrics = [m.strip() for m in c.eval_metrics.lower().split(",")]
+    need(metrics == ["auto"] or all(m in ("fid", "mnist") for m in metrics),
+         f"eval_metrics must be auto or a comma-separated list of fid, mnist; got '{c.eval_metrics}'")
+    need(c.data == "mnist" or "mnist" not in metrics,
+         f"eval_metrics 'mnist' needs --data mnist (data is '{c.data}'): use --eval_metrics fid")
     need(c.autocast in ("none", "bf16", "fp16"), f"autocast must be none, bf16 or fp16, got '{c.autocast}'")
     need(c.process in ("ddpm", "flow"), f"unknown process '{c.process}': choose ddpm or flow")
     need(bool(c.data) or bool(c.latents), "no training data: pass --data PATH (or mnist, digits) or --latents CACHE")
