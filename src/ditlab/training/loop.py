@@ -28,6 +28,7 @@ from ditlab.training.distributed import (
 )
 from ditlab.training.ema import EMA
 from ditlab.training.logger import RunLogger
+from ditlab.training.periodic_eval import PeriodicEval
 from ditlab.training.setup import (
     build_model, build_or_load_autoencoder, build_process, cached_latents, pick_device,
 )
@@ -38,6 +39,7 @@ RESUMABLE_CHANGES = {
     "steps", "log_every", "ckpt_every", "keep_last", "sample_every", "tensorboard", "num_workers", "device",
     "eval_num", "eval_batch_size", "sampler", "sample_steps", "cfg_scale", "max_nonfinite_steps", "compile",
     "fsdp", "grad_checkpointing",  # how the same numbers are computed: free to change on resume
+    "eval_every", "eval_fid_num", "eval_metrics", "eval_ref", "eval_ref_num",  # what is measured, not trained
 }
 
 
@@ -233,6 +235,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         saved_step = at_step
         return path
 
+    periodic = PeriodicEval(config, run_dir, info, process=process, autoencoder=autoencoder, dataset=dataset,
+                            latent_shape=latent_shape, num_classes=num_classes, device=device)  # checks up front
     logger = RunLogger(run_dir, start_step=step, total_steps=config.steps, tensorboard=config.tensorboard,
                        enabled=info.is_main)
     model.train()
@@ -296,6 +300,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
                     _sample_grid(config, sampler_model, process, autoencoder, latent_shape, num_classes, device,
                                  run_dir / "samples" / f"step_{step:07d}.png")
                 model.train()
+            periodic.after_step(step, ema.shadow, logger)  # FID etc. every eval_every steps (all ranks call)
             if step % config.ckpt_every == 0 and step < config.steps:
                 save(step)
             if broadcast_flag(stop.requested, info):
