@@ -75,6 +75,16 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def _close_on_error(logger: RunLogger):
+    """An error ends the progress bar's line first, so that its one-line message stands on its own line."""
+    try:
+        yield
+    except BaseException:
+        logger.close()
+        raise
+
+
 def _check_same_run(config: TrainConfig, run_dir: Path) -> None:
     """Refuse to resume a run directory that holds a different experiment."""
     saved_path = run_dir / "config.json"
@@ -250,7 +260,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     t_window = time.perf_counter()
     images_window = 0
     stopped = False
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, _close_on_error(logger):
         while step < config.steps:
             x0, y = source.next()
             # t, noise and label dropout drawn for the global batch, this rank's rows kept
@@ -308,8 +318,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
                 break
     if not math.isfinite(last_loss) and loss_count:
         last_loss = (loss_sum / loss_count).item()
+    logger.close()  # end the progress bar's line before the last save can print anything
     final = save(step) if step != saved_step else ckpt.latest_checkpoint(run_dir)  # not twice
-    logger.close()
     if stopped and info.is_main:
         log(f"stopped at step {step}; checkpoint {final}. Resume by rerunning the same command.")
     if source.skipped and info.is_main:
