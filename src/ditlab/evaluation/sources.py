@@ -11,7 +11,7 @@ import hashlib
 import os
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +189,37 @@ def load_image_source(path: str | Path) -> ImageSource:
     raise DataError(f"{p} does not exist; pass an image folder, an ADM .npz or a stats .npz")
 
 
+def cached_extract(
+    key: str,
+    extractor: InceptionFeatures,
+    batches: Callable[[], Iterable[np.ndarray]],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "inception",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``extractor.extract(batches())``, cached in ``$DITLAB_CACHE/inception`` under ``key``.
+
+    ``key`` must identify the images' content (e.g. a hash, or a dataset name and version); the
+    weights and preprocessing are added to it here. ``batches`` is only called on a cache miss.
+    """
+    full = hashlib.sha1(f"{key}:{extractor.weights_id}".encode()).hexdigest()
+    path = cache_dir() / "inception" / f"{full}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            logits = z["logits"].astype(np.float64) if "logits" in z.files else None
+            return z["features"].astype(np.float64), logits
+    feats, logits = extractor.extract(batches(), total=total, progress=progress, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    arrays = {"features": feats.astype(np.float32)}  # the network computes in float32: lossless
+    if logits is not None:
+        arrays["logits"] = logits.astype(np.float32)
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # never leave a half-written cache entry
+    return feats, logits
+
+
 def source_features(
     source: ImageSource,
     extractor: InceptionFeatures,
@@ -198,33 +229,16 @@ def source_features(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Inception features (N, 2048) and logits (N, 1008) | None of a folder or ADM source.
 
-    With ``cache``, reuses ``$DITLAB_CACHE/inception/<hash>.npz`` written by an earlier call on
-    the same content with the same weights.
+    With ``cache``, reuses features computed earlier for the same content (hash of the bytes)
+    with the same weights and preprocessing.
     """
     if source.kind == "stats":
         raise ValueError("a statistics source has no features")
-    path = None
+    run = lambda: source.batches(extractor.batch_size)  # noqa: E731
+    kw = dict(total=source.num_images, progress=progress, desc=source.path.name)
     if cache:
-        key = hashlib.sha1(f"{source.content_hash()}:{extractor.weights_id}".encode()).hexdigest()
-        path = cache_dir() / "inception" / f"{key}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                # Written without logits by weights that had none; same weights, same answer.
-                logits = z["logits"].astype(np.float64) if "logits" in z.files else None
-                return z["features"].astype(np.float64), logits
-    feats, logits = extractor.extract(
-        source.batches(extractor.batch_size), total=source.num_images, progress=progress,
-        desc=source.path.name,
-    )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        arrays = {"features": feats.astype(np.float32)}  # the network computes in float32
-        if logits is not None:
-            arrays["logits"] = logits.astype(np.float32)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # never leave a half-written cache entry
-    return feats, logits
+        return cached_extract(source.content_hash(), extractor, run, **kw)
+    return extractor.extract(run(), **kw)
 
 
 def save_stats(path: str | Path, stats: FeatureStats) -> Path:
