@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -22,6 +23,9 @@ def _command_modules() -> list[ModuleType]:
         if hasattr(module, "NAME") and hasattr(module, "run"):
             modules.append(module)
     return modules
+
+
+_WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in _WRITE_ERRORS:
+            raise
+        # Permissions and space are the machine's state, not a bug: one line, like other user errors.
+        where = f": '{err.filename}'" if err.filename else ""
+        print(f"error: {err.strerror}{where}: choose a writable path or free some space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -115,8 +115,10 @@ def check_writable(path: str | Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output folder '{parent}' ({err.strerror}): choose a writable path") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output folder '{parent}' is not writable: choose a writable path")
+    try:  # a real write: permission bits do not tell root (or a read-only mount) the truth
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise UserError(f"output folder '{parent}' is not writable ({err.strerror}): choose a writable path") from None
     if path.is_dir():
         raise UserError(f"output '{path}' is a folder: give a file name")
     return path
