@@ -85,15 +85,15 @@ def _close_on_error(logger: RunLogger):
         raise
 
 
-def _check_same_run(config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to resume a run directory that holds a different experiment."""
+def _check_same_run(config: TrainConfig, run_dir: Path) -> bool:
+    """Refuse to resume a run directory that holds a different experiment; True when nothing is trained yet."""
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
-        return
+        return True
     from ditlab.training.setup import AUTOENCODER_DIR
 
     if ckpt.latest_checkpoint(run_dir) is None and not (run_dir / AUTOENCODER_DIR).exists():
-        return  # nothing trained yet (say the last try stopped at a typo in --data): the new settings stand
+        return True  # nothing trained yet (say the last try stopped at a typo in --data): the new settings stand
     saved = load_config(saved_path).to_dict()
     for key, value in config.to_dict().items():
         if key in RESUMABLE_CHANGES or saved.get(key) == value:
@@ -102,6 +102,7 @@ def _check_same_run(config: TrainConfig, run_dir: Path) -> None:
             f"run directory '{run_dir}' holds a run with {key}={saved.get(key)!r}, not {value!r}: "
             f"rerun with the same settings to resume, or pass --run_dir NEW_DIR"
         )
+    return False
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -156,11 +157,12 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
 
     local_batch = check_batch_split(config.global_batch_size, info.world_size)
     run_dir = Path(config.run_dir)
-    _check_same_run(config, run_dir)
+    fresh = _check_same_run(config, run_dir)
     if info.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.json")
+            if fresh:  # a resumed run's config.json changes only once its checkpoint has loaded
+                save_config(config, run_dir / "config.json")
         except OSError as err:
             raise UserError(f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir") from None
     log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
@@ -197,6 +199,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     if latest is not None:
         step, restored = _restore(latest, model, ema, optimizer, scheduler, source, info)
         log(f"resuming from {latest} (step {step})")
+    if not fresh and info.is_main:
+        save_config(config, run_dir / "config.json")  # this rerun's resumable settings (steps, ...)
     saved_step = step if latest is not None else -1
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {config.model}: {n_params / 1e6:.2f}M parameters, latents {latent_shape}, "

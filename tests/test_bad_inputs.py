@@ -1,0 +1,191 @@
+"""Bad inputs across the whole CLI: each is refused with exit code 2 and one line ``error: ...`` naming the
+problem (no traceback), and no file that existed before is changed or removed.
+
+Every case runs against the same small world of files (a trained run, damaged copies of it, image folders,
+config files, checkpoints); the world is hashed before and after each case. Notes and warnings about
+individual files (one line each) may come before the error line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from ditlab.cli import main
+from ditlab.training import checkpoint as ckpt
+
+TINY = ["--preset", "digits-tiny", "--global_batch_size", "16", "--steps", "2"]
+T = ["train", *TINY]
+UNWRITABLE = "/sys/ditlab-bad-input"  # refused even to root (sysfs), unlike a chmod-ed folder
+
+# (id, argv with {w} = the world folder, a fragment the one-line message must contain)
+CASES = [
+    # --- train: config, presets, YAML, types, ranges
+    ("train-unknown-preset", ["train", "--preset", "nope"], "unknown preset 'nope'"),
+    ("train-unknown-key", [*T, "--stepz", "5"], "unknown config key 'stepz': did you mean steps?"),
+    ("train-wrong-type", [*T, "--steps", "abc"], "'steps' expects int"),
+    ("train-zero-steps", [*T, "--steps", "0"], "steps must be >= 1"),
+    ("train-negative-steps", [*T, "--steps", "-3"], "steps must be >= 1"),
+    ("train-nan-lr", [*T, "--lr", "nan"], "lr must be > 0"),
+    ("train-bool", [*T, "--flip", "maybe"], "'flip' expects bool"),
+    ("train-flag-without-value", [*T, "--lr"], "--lr needs a value"),
+    ("train-bad-yaml", [*T, "--config", "{w}/bad.yaml"], "is not valid YAML at line 2"),
+    ("train-yaml-not-mapping", [*T, "--config", "{w}/list.yaml"], "must hold a mapping"),
+    ("train-yaml-unknown-key", [*T, "--config", "{w}/unknown.yaml"], "unknown config key 'stepz'"),
+    ("train-yaml-wrong-type", [*T, "--config", "{w}/types.yaml"], "'steps' expects int, got 'many'"),
+    ("train-yaml-missing", [*T, "--config", "{w}/missing.yaml"], "not found"),
+    # --- train: data, sizes, model, process
+    ("train-missing-data", [*T, "--data", "{w}/nope", "--run_dir", "{w}/new1"], "does not exist"),
+    ("train-empty-data", [*T, "--data", "{w}/empty", "--run_dir", "{w}/new2"], "no images found"),
+    ("train-corrupt-images", [*T, "--data", "{w}/corrupt", "--global_batch_size", "2", "--run_dir", "{w}/new3"],
+     "none of the first 64 images of the dataset can be read"),
+    ("train-image-size-vs-patch", [*T, "--image_size", "7", "--run_dir", "{w}/new4"], "not divisible by patch size 2"),
+    ("train-batch-larger-than-data", [*T, "--global_batch_size", "5000", "--run_dir", "{w}/new5"],
+     "fewer than the global batch size 5000"),
+    ("train-heads", [*T, "--num_heads", "5", "--run_dir", "{w}/new6"], "not divisible by num_heads 5"),
+    ("train-unknown-model", [*T, "--model", "DiT-Q/3", "--run_dir", "{w}/new7"], "unknown model 'DiT-Q/3'"),
+    ("train-unknown-sampler", [*T, "--sampler", "nope", "--run_dir", "{w}/new8"], "unknown sampler for ddpm 'nope'"),
+    ("train-too-many-sample-steps", [*T, "--sample_steps", "5000", "--run_dir", "{w}/new9"], "steps must be in [1, 1000]"),
+    ("train-missing-autoencoder", [*T, "--autoencoder", "{w}/no-ae", "--run_dir", "{w}/new10"], "not found"),
+    ("train-missing-latent-cache", [*T, "--latents", "{w}/no-cache", "--run_dir", "{w}/new11"], "no latent cache"),
+    ("train-unknown-device", [*T, "--device", "tpu", "--run_dir", "{w}/new12"], "unknown device 'tpu'"),
+    # --- train: run directories and checkpoints
+    ("train-run-dir-is-a-file", [*T, "--run_dir", "{w}/notes.txt"], "cannot write run directory"),
+    ("train-unwritable-run-dir", [*T, "--run_dir", UNWRITABLE], "cannot write run directory"),
+    ("train-checkpoint-of-another-model", [*T, "--run_dir", "{w}/run", "--depth", "3"], "holds a run with depth=2"),
+    ("train-truncated-checkpoint", [*T, "--steps", "4", "--run_dir", "{w}/run-truncated"], "is damaged"),
+    ("train-damaged-meta", [*T, "--steps", "4", "--run_dir", "{w}/run-meta"], "damaged meta.json"),
+    ("train-damaged-run-config", [*T, "--run_dir", "{w}/run-config"], "is not valid JSON"),
+    # --- sample
+    ("sample-missing-run", ["sample", "{w}/nope"], "does not exist"),
+    ("sample-not-a-run", ["sample", "{w}/images"], "no config.json"),
+    ("sample-class-out-of-range", ["sample", "{w}/run", "--class", "10"], "outside the model's classes 0..9"),
+    ("sample-class-not-a-number", ["sample", "{w}/run", "--class", "x"], "is not a number"),
+    ("sample-zero-num", ["sample", "{w}/run", "--num", "0"], "--num must be >= 1"),
+    ("sample-num-not-int", ["sample", "{w}/run", "--num", "abc"], "invalid int value: 'abc'"),
+    ("sample-negative-cfg", ["sample", "{w}/run", "--cfg", "-1"], "--cfg must be >= 0"),
+    ("sample-unknown-sampler", ["sample", "{w}/run", "--sampler", "nope", "--out", "{w}/new.png"], "unknown sampler"),
+    ("sample-too-many-steps", ["sample", "{w}/run", "--steps", "5000", "--out", "{w}/new.png"], "steps must be in"),
+    ("sample-out-under-a-file", ["sample", "{w}/run", "--out", "{w}/notes.txt/grid.png"], "cannot create output folder"),
+    ("sample-unwritable-out", ["sample", "{w}/run", "--out", f"{UNWRITABLE}.png"], "is not writable"),
+    ("sample-out-is-a-folder", ["sample", "{w}/run", "--out", "{w}/images"], "is a folder"),
+    ("sample-truncated-ema", ["sample", "{w}/run-truncated", "--out", "{w}/new.png"], "is damaged"),
+    ("sample-checkpoint-of-another-model", ["sample", "{w}/run-other", "--out", "{w}/new.png"], "another model"),
+    ("sample-missing-autoencoder", ["sample", "{w}/run-no-ae", "--out", "{w}/new.png"], "not found"),
+    ("sample-damaged-meta", ["sample", "{w}/run-meta", "--out", "{w}/new.png"], "damaged meta.json"),
+    # --- eval
+    ("eval-empty-folder", ["eval", "{w}/empty", "{w}/images"], "holds 0 image(s)"),
+    ("eval-corrupt-image", ["eval", "{w}/corrupt", "{w}/images"], "cannot read image"),
+    ("eval-float-npz", ["eval", "{w}/float.npz", "{w}/images"], "ADM batches are uint8"),
+    ("eval-not-images", ["eval", "{w}/notes.txt", "{w}/images"], "is not a folder or an .npz"),
+    ("eval-unknown-metric", ["eval", "{w}/images", "{w}/images", "--metrics", "foo"], "unknown metric"),
+    ("eval-zero-batch", ["eval", "{w}/images", "{w}/images", "--batch-size", "0"], "--batch-size must be"),
+    # --- extract-latents
+    ("extract-missing-data", ["extract-latents", "{w}/nope", "--autoencoder", "pixel", "--out", "{w}/c1"],
+     "does not exist"),
+    ("extract-missing-autoencoder", ["extract-latents", "digits", "--autoencoder", "{w}/no-ae", "--out", "{w}/c2"],
+     "not found"),
+    ("extract-out-is-a-file", ["extract-latents", "digits", "--autoencoder", "pixel", "--image-size", "8", "--out",
+                               "{w}/notes.txt", "--no-progress", "--workers", "0"], "is a file"),
+    ("extract-unwritable-out", ["extract-latents", "digits", "--autoencoder", "pixel", "--image-size", "8", "--out",
+                                UNWRITABLE, "--no-progress", "--workers", "0"], "Operation not permitted"),
+    ("extract-corrupt-images", ["extract-latents", "{w}/corrupt", "--autoencoder", "pixel", "--image-size", "8",
+                                "--out", "{w}/c3", "--no-progress", "--workers", "0"], "3 of 3 images are unreadable"),
+    ("extract-zero-batch", ["extract-latents", "digits", "--autoencoder", "pixel", "--out", "{w}/c4",
+                            "--batch-size", "0"], "--batch-size must be a positive integer"),
+    # --- convert
+    ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
+    ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),
+    ("convert-not-a-checkpoint", ["convert", "official", "{w}/garbage.pt", "{w}/cv3"], "cannot read"),
+    ("convert-unknown-format", ["convert", "bogus", "{w}/garbage.pt", "{w}/cv4"], "invalid choice: 'bogus'"),
+    ("convert-not-a-model-dir", ["convert", "to-official", "{w}/images", "{w}/cv5.pt"], "is not a saved ditlab model"),
+    # --- flops, and the command itself
+    ("flops-unknown-model", ["flops", "DiT-Q/9"], "unknown model 'DiT-Q/9'"),
+    ("flops-size-vs-patch", ["flops", "DiT-S/2", "--image-size", "7"], "is not divisible by patch"),
+    ("flops-zero-channels", ["flops", "DiT-S/2", "--in-channels", "0"], "--in-channels must be >= 1"),
+    ("unknown-command", ["nonexistent"], "invalid choice: 'nonexistent'"),
+]
+
+
+def _damaged_copy(run: Path, name: str) -> Path:
+    """A copy of ``run`` without its latent cache (re-encoded when needed), to be damaged by the caller."""
+    copy = run.parent / name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("latents.safetensors"))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("world")
+    run = w / "run"
+    assert main(["train", *TINY, "--ckpt_every", "2", "--run_dir", str(run)]) == 0
+    latest = ckpt.latest_checkpoint(run)
+
+    trunc = ckpt.latest_checkpoint(_damaged_copy(run, "run-truncated"))
+    for name in ("model.safetensors", "ema.safetensors"):
+        (trunc / name).write_bytes((latest / name).read_bytes()[:100])
+    meta = ckpt.latest_checkpoint(_damaged_copy(run, "run-meta"))
+    (meta / "meta.json").write_text('{"step": 2, "model": ')
+    other = ckpt.latest_checkpoint(_damaged_copy(run, "run-other"))
+    weights = ckpt.load_weights(other / "ema.safetensors")
+    save_file({k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in weights.items()}, str(other / "ema.safetensors"))
+    no_ae = _damaged_copy(run, "run-no-ae")
+    config = json.loads((no_ae / "config.json").read_text())
+    (no_ae / "config.json").write_text(json.dumps({**config, "autoencoder": str(w / "no-ae")}))
+    (_damaged_copy(run, "run-config") / "config.json").write_text("{not json")
+
+    (w / "empty").mkdir()
+    (w / "corrupt" / "a").mkdir(parents=True)
+    for i in range(3):
+        (w / "corrupt" / "a" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * i)  # header, no image
+    (w / "images").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(w / "images" / f"{i}.png")
+    (w / "bad.yaml").write_text("steps: 10\nlr: 1e-4: 2\n")
+    (w / "list.yaml").write_text("- steps\n- 10\n")
+    (w / "unknown.yaml").write_text("stepz: 10\n")
+    (w / "types.yaml").write_text("steps: many\n")
+    (w / "notes.txt").write_text("not a folder\n")
+    np.savez(w / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    (w / "garbage.pt").write_bytes(b"this is not a checkpoint")
+    (w / "truncated.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:100])
+    return w
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_table_is_broad():
+    commands = {argv[0] for _, argv, _ in CASES}
+    assert len(CASES) >= 25 and {"train", "sample", "eval", "extract-latents", "convert", "flops"} <= commands
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_cleanly(world, argv, fragment, capsys):
+    argv = [a.replace("{w}", str(world)) for a in argv]
+    before = _snapshot(world)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse usage errors exit from inside the parser
+        code = exit_.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert "Traceback" not in captured.err
+    assert lines and lines[-1].startswith("error: "), captured.err
+    assert not [line for line in lines[:-1] if "error" in line.lower()], captured.err  # the error is one line
+    assert fragment in lines[-1], lines[-1]
+    after = _snapshot(world)
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not changed, f"existing files changed or removed: {changed}"
