@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ditlab.errors import DataError
+from ditlab.errors import ConfigError, DataError
 from ditlab.evaluation.frechet import feature_statistics, frechet_distance
 from ditlab.evaluation.metrics import FeatureStats, fid
 
@@ -95,7 +95,8 @@ class MnistFrechet:
         self._mu, self._sigma = feature_statistics(feats)
         self._floors: dict[int, float] = {}
 
-    def _floor(self, n: int) -> float:
+    def floor(self, n: int) -> float:
+        """The Fréchet distance of ``n`` real training digits at this size (seeded draw; memoised)."""
         if n not in self._floors:
             from ditlab.data import build_dataset
             from ditlab.evaluation.mnist_classifier import classify
@@ -112,7 +113,7 @@ class MnistFrechet:
 
         pred, feats = classify(images, self._model)
         distance = frechet_distance(*feature_statistics(feats), self._mu, self._sigma)
-        floor = self._floor(len(images))
+        floor = self.floor(len(images))
         return {
             "mnist_accuracy": float((pred == np.asarray(labels)).mean()),
             "mnist_fd": float(distance),
@@ -133,7 +134,7 @@ def shrink_config(name: str, shrink: float = 1.0) -> dict[str, Any]:
 
     cfg = config_for(name)
     if shrink < 1:
-        raise DataError(f"--shrink must be >= 1, got {shrink}")
+        raise ConfigError(f"--shrink must be >= 1, got {shrink}")
     heads = max(1, round(cfg.num_heads / shrink))
     return {
         "depth": max(1, round(cfg.depth / shrink)),

@@ -1,0 +1,194 @@
+"""``ditlab scale DATA --models DiT-S/8,DiT-S/4,DiT-S/2 --budget STEPS``: a Gflops-vs-FID scaling study.
+
+Each model is trained by the ordinary trainer (``ditlab.training.loop.train``) in ``OUT/runs/<model>``
+up to each of ``--eval-steps`` in turn (resume is exact, so this is one uninterrupted run), and its EMA
+model is scored after each: FID against the training set's Inception statistics (``--metric fid``) or,
+for MNIST, the MNIST classifier's Fréchet distance (``--metric mnist``, the default for mnist). Results
+go to ``OUT/scaling.json`` after every evaluation, so rerunning the command skips what is done; at the
+end ``OUT/scaling.md`` (table) and two plots: metric vs steps, metric vs Gflops (Peebles & Xie 2023,
+Fig. 2 / Fig. 8). Any training config field is a flag (``--image_size 8 --autoencoder pixel``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+NAME = "scale"
+ACCEPTS_OVERRIDES = True  # unknown --key value flags become training config overrides
+HELP = "scaling study: train several DiT configs, score them at several steps, table + FID-vs-Gflops plots"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="mnist | digits | an image folder (what `ditlab train --data` takes)")
+    parser.add_argument("--models", required=True, help="comma-separated registered names, e.g. DiT-S/8,DiT-S/4,DiT-S/2")
+    parser.add_argument("--budget", type=int, required=True, help="training steps of every model")
+    parser.add_argument("--eval-steps", default=None,
+                        help="comma-separated steps to score at (default: budget/4, budget/2, budget)")
+    parser.add_argument("--metric", default="auto", choices=("auto", "fid", "mnist"),
+                        help="fid (Inception, vs training-set statistics) or mnist (MNIST-classifier Fréchet "
+                             "distance); auto: mnist for --data mnist, else fid")
+    parser.add_argument("--eval-num", type=int, default=1000, help="samples per evaluation (default 1000)")
+    parser.add_argument("--shrink", type=float, default=1.0,
+                        help="divide every model's depth and heads by this (head width kept), e.g. 3: "
+                             "S (12, 384, 6) -> (4, 128, 2); for studies a CPU can afford")
+    parser.add_argument("--out", default="runs/scale", help="study folder (runs, scaling.json/.md, plots)")
+    parser.add_argument("--preset", default="mnist", help="training preset the overrides apply to (default mnist)")
+    parser.add_argument("--config", metavar="YAML", help="YAML file of training config overrides")
+    parser.epilog = "Training config fields are flags too: --image_size 8 --autoencoder pixel --lr 1e-3 ..."
+
+
+def parse_steps(text: str | None, budget: int) -> list[int]:
+    """Sorted evaluation steps, each in [1, budget]; the budget itself is always one of them."""
+    from ditlab.errors import UserError
+
+    if text is None:
+        return sorted({max(1, budget // 4), max(1, budget // 2), budget})
+    try:
+        steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--eval-steps '{text}' is not a comma-separated list of step numbers: e.g. 100,200,400") from None
+    bad = [s for s in steps if not 1 <= s <= budget]
+    if bad:
+        raise UserError(f"--eval-steps {bad} outside [1, --budget {budget}]: choose steps up to the budget")
+    return sorted(set(steps) | {budget})
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "-")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditlab.config import parse_overrides, resolve_config
+    from ditlab.errors import UserError
+    from ditlab.evaluation.scaling import shrink_config, write_study
+    from ditlab.models.config import REGISTRY
+
+    if args.budget < 1:
+        raise UserError(f"--budget must be >= 1, got {args.budget}")
+    if args.eval_num < 2:
+        raise UserError(f"--eval-num must be >= 2 (Fréchet statistics need two samples), got {args.eval_num}")
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if not names or unknown:
+        raise UserError(f"unknown model(s) {unknown or args.models!r} in --models: use registered names such as "
+                        f"DiT-S/8,DiT-S/4,DiT-S/2,DiT-B/4 (see `ditlab flops`)")
+    if len(set(names)) != len(names):
+        raise UserError(f"--models lists a model twice ({args.models}): list each once")
+    eval_steps = parse_steps(args.eval_steps, args.budget)
+    metric = args.metric if args.metric != "auto" else ("mnist" if args.data == "mnist" else "fid")
+    if metric == "mnist" and args.data != "mnist":
+        raise UserError(f"--metric mnist needs mnist data, not '{args.data}': use --metric fid")
+    sizes = {n: shrink_config(n, args.shrink) for n in names}
+    out = Path(args.out)
+    fixed = {**parse_overrides(getattr(args, "overrides", None) or []), "data": args.data, "eval_every": 0,
+             "eval_num": 0, "sample_every": 0}
+    base = resolve_config(args.preset, args.config, {**fixed, "run_dir": str(out / "runs" / "base")})
+    if base.latents:
+        raise UserError("ditlab scale trains from --data (it builds each model's data once): drop --latents")
+
+    from ditlab.data import build_dataset
+    from ditlab.training.setup import pick_device
+
+    device = pick_device(base.device)
+    dataset = build_dataset(base.data, base.image_size, flip=False)
+    if base.autoencoder == "auto":  # one autoencoder for every model, so they differ only in the DiT
+        from ditlab.training.setup import AUTOENCODER_DIR, build_or_load_autoencoder
+
+        out.mkdir(parents=True, exist_ok=True)
+        build_or_load_autoencoder(base, dataset, out, device)
+        fixed["autoencoder"] = str(out / AUTOENCODER_DIR)
+
+    settings = {"data": args.data, "metric": "mnist_fd" if metric == "mnist" else "fid", "eval_num": args.eval_num,
+                "budget": args.budget, "shrink": args.shrink, "preset": args.preset,
+                "overrides": {k: str(v) for k, v in sorted(fixed.items())}}
+    study = _load_study(out / "scaling.json", settings)
+    scorer = _make_scorer(metric, base, dataset, device)
+    for name in names:
+        entry = _model_entry(study, name, sizes[name])
+        for step in eval_steps:
+            if any(e["step"] == step for e in entry["evals"]):
+                continue
+            config = resolve_config(args.preset, args.config, {
+                **fixed, "model": name, **sizes[name], "steps": step, "run_dir": str(out / "runs" / _slug(name))})
+            entry["evals"].append(_train_and_score(config, step, scorer, args.eval_num, device, entry))
+            entry["evals"].sort(key=lambda e: e["step"])
+            if "mnist_fd_floor" in entry["evals"][-1]:  # real digits at this size: the best a sample can do
+                study["floor"] = entry["evals"][-1]["mnist_fd_floor"]
+            _save_study(out / "scaling.json", study)
+    study["models"].sort(key=lambda e: names.index(e["name"]) if e["name"] in names else len(names))
+    paths = write_study(study, out)
+    print(f"table: {paths['markdown']}; plots: {paths['steps_plot']}, {paths['gflops_plot']}")
+    return 0
+
+
+def _make_scorer(metric: str, config, dataset, device):
+    from ditlab.training.periodic_eval import build_scorers, check_metrics_available
+
+    check_metrics_available([metric], config)
+    return build_scorers(config, dataset, device, [metric])[0]
+
+
+def _load_study(path: Path, settings: dict) -> dict:
+    """The study so far (to resume), or a new one; a study of other settings is refused."""
+    from ditlab.errors import UserError
+
+    if path.is_file():
+        study = json.loads(path.read_text())
+        for key, value in settings.items():
+            if study.get(key) != value:
+                raise UserError(f"'{path.parent}' holds a study with {key}={study.get(key)!r}, not {value!r}: "
+                                f"pass another --out, or delete that folder")
+        return study
+    return {**settings, "models": []}
+
+
+def _save_study(path: Path, study: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(study, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _model_entry(study: dict, name: str, size: dict) -> dict:
+    for entry in study["models"]:
+        if entry["name"] == name:
+            return entry
+    entry = {"name": name, "label": name, **size, "evals": [], "train_seconds": 0.0}
+    study["models"].append(entry)
+    return entry
+
+
+def _train_and_score(config, step: int, scorer, eval_num: int, device, entry: dict) -> dict:
+    """Train ``config`` up to ``step`` (resuming), then score ``eval_num`` EMA samples; fills the model's size."""
+    from ditlab.errors import ProcessError
+    from ditlab.evaluation.flops import count_gflops
+    from ditlab.models import model_from_config
+    from ditlab.training.loop import train
+    from ditlab.training.periodic_eval import eval_samples
+    from ditlab.training.setup import load_run
+
+    t0 = time.perf_counter()
+    result = train(config)
+    entry["train_seconds"] = round(entry["train_seconds"] + time.perf_counter() - t0, 1)
+    if result.stopped_early:
+        raise ProcessError(f"training of {config.model} stopped at step {result.step}: rerun the same command")
+    run = load_run(config.run_dir, device=device)
+    if run.step != step:
+        raise ProcessError(f"'{config.run_dir}' is at step {run.step}, not {step}: it was trained further by "
+                           f"another command; delete it and rerun")
+    if "gflops" not in entry:
+        meta = model_from_config(run.model.config, device="meta")
+        entry["gflops"] = count_gflops(meta)
+        entry["params"] = sum(p.numel() for p in run.model.parameters())
+        h, w = run.model.config.input_size
+        entry["tokens"] = (h // run.model.config.patch_size) * (w // run.model.config.patch_size)
+    t1 = time.perf_counter()
+    images, labels = eval_samples(run.model, run.process, run.autoencoder, run.latent_shape, run.num_classes,
+                                  config, range(eval_num), device)
+    values = scorer.score(images, labels)
+    record = {"step": step, **values, "eval_seconds": round(time.perf_counter() - t1, 1),
+              "train_seconds": entry["train_seconds"]}
+    print(f"{entry['label']} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
+    return record

@@ -1,0 +1,35 @@
+"""``MnistFrechet``: at 32 px it gives ``mnist_sample_metrics``'s numbers; at 8 px it compares like with like."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ditlab.data import build_dataset
+from ditlab.evaluation.mnist_classifier import mnist_sample_metrics
+from ditlab.evaluation.scaling import MnistFrechet
+
+
+@pytest.mark.slow  # classifies the 10k MNIST test digits three times: ~20-40 s on 2 busy cores
+def test_matches_mnist_sample_metrics_at_32px_and_is_resolution_matched_at_8px():
+    images, labels = build_dataset("mnist", 32, split="test").tensors()
+    rng = np.random.default_rng(3)
+    pick = rng.choice(len(labels), 300, replace=False)
+    samples = images[pick].permute(0, 2, 3, 1).numpy()  # (300, 32, 32, 1): real digits as "samples"
+    wrong = (labels[pick].numpy() + (np.arange(300) % 3 == 0)) % 10  # a third of the labels wrong
+    ours = MnistFrechet(32).score(samples, wrong)
+    theirs = mnist_sample_metrics(samples, wrong)
+    assert ours["mnist_accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-12)
+    assert 0.6 < ours["mnist_accuracy"] < 0.68  # 2/3 right labels x 99% classifier accuracy
+    assert ours["mnist_fd"] == pytest.approx(theirs["frechet_distance"], rel=1e-9)
+    assert ours["mnist_fd_floor"] == pytest.approx(theirs["frechet_floor"], rel=1e-9)
+    assert ours["mnist_fd_ratio"] == pytest.approx(theirs["frechet_ratio"], rel=1e-9)
+
+    # 8-px digits: their own floor is small, noise is far; 28-px statistics would call both far
+    small, small_labels = build_dataset("mnist", 8, split="test").tensors()
+    scorer = MnistFrechet(8)
+    real = scorer.score(small[:300].permute(0, 2, 3, 1).numpy(), small_labels[:300].numpy())
+    noise = scorer.score(rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8), small_labels[:300].numpy())
+    assert real["mnist_fd_ratio"] < 3 < 100 < noise["mnist_fd_ratio"]
+    assert real["mnist_fd_floor"] == noise["mnist_fd_floor"]  # one floor per sample count
+    blurred_vs_28px = mnist_sample_metrics(small[:300].permute(0, 2, 3, 1).numpy(), small_labels[:300].numpy())
+    assert blurred_vs_28px["frechet_ratio"] > 10 * real["mnist_fd_ratio"]
