@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ditlab.autoencoders.kl import KLAutoencoder, KLAutoencoderConfig
 from ditlab.data.folder import collate_skip_bad
-from ditlab.errors import ConfigError
+from ditlab.errors import ConfigError, DataError
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -72,22 +72,49 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def _eval_batches(dataset, index: torch.Tensor, batch_size: int):
+    """Float image batches (in [-1, 1]) of ``dataset[index]``, unflipped, unreadable files dropped."""
+    if hasattr(dataset, "tensors"):
+        images = dataset.tensors()[0][index]
+        for i in range(0, len(index), batch_size):
+            yield images[i : i + batch_size].float().div(127.5).sub(1.0)
+        return
+    flip = getattr(dataset, "flip", False)
+    dataset.flip = False  # measure on the images themselves
+    try:
+        subset = torch.utils.data.Subset(dataset, index.tolist())
+        for batch in torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_skip_bad):
+            if len(batch[1]) > 0:
+                yield batch[0]
+    finally:
+        dataset.flip = flip
+
+
+def _spread_index(n_total: int, n: int) -> torch.Tensor:
+    # Spread the measured images over the whole dataset rather than taking its first classes.
+    return torch.linspace(0, n_total - 1, min(n_total, n)).round().long().unique()
+
+
+@torch.no_grad()
+def reconstruction_error(model, dataset, *, max_images: int = 1000, batch_size: int = 250) -> float:
+    """Mean squared error (pixels in [-1, 1]) of ``decode(encode(x))`` over up to ``max_images`` images."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for x in _eval_batches(dataset, _spread_index(len(dataset), max_images), batch_size):
+        x = x.to(device)
+        total += (model.decode(model.encode(x)) - x).double().pow(2).sum().item()
+        count += x.numel()
+    return total / max(count, 1)
+
+
 @torch.no_grad()
 def measure_latent_std(model: KLAutoencoder, dataset, *, max_images: int = 4096, batch_size: int = 256) -> float:
     """Standard deviation of the unscaled posterior means over (up to) ``max_images`` images."""
     model.eval()
     device = next(model.parameters()).device
     total, total_sq, count = 0.0, 0.0, 0
-    n = min(len(dataset), max_images)
-    # Spread the measured images over the whole dataset rather than taking its first classes.
-    index = torch.linspace(0, len(dataset) - 1, n).round().long().unique()
-    if hasattr(dataset, "tensors"):
-        images = dataset.tensors()[0][index]
-        chunks = (images[i : i + batch_size].float().div(127.5).sub(1.0) for i in range(0, len(index), batch_size))
-    else:
-        subset = torch.utils.data.Subset(dataset, index.tolist())
-        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_skip_bad)
-        chunks = (b[0] for b in loader if len(b[1]) > 0)
+    chunks = _eval_batches(dataset, _spread_index(len(dataset), max_images), batch_size)
     for x in chunks:
         mean, _ = model.posterior(x.to(device))
         mean = mean.double()
@@ -95,7 +122,7 @@ def measure_latent_std(model: KLAutoencoder, dataset, *, max_images: int = 4096,
         total_sq += mean.pow(2).sum().item()
         count += mean.numel()
     if count == 0:
-        raise ConfigError("no readable images to measure the latent scale on: check the dataset")
+        raise DataError("no readable images to measure the latent scale on: check the dataset (see the skipped-image warnings)")
     mu = total / count
     return math.sqrt(max(total_sq / count - mu * mu, 1e-12))
 
@@ -114,6 +141,7 @@ def train_autoencoder(
     progress: bool = True,
     num_workers: int = 0,
     config: KLAutoencoderConfig | None = None,
+    device: str | torch.device | None = None,
 ) -> KLAutoencoder:
     """Train a KL-VAE on ``dataset`` and save it to ``out_dir`` (config.json + model.safetensors).
 
@@ -123,6 +151,7 @@ def train_autoencoder(
         downsample: spatial factor 1, 2, 4 or 8; latents are (latent_channels, H/d, W/d).
         kl_weight: weight of the per-element KL term; small values keep reconstructions sharp.
         config: an explicit architecture (overrides ``downsample``/``latent_channels``).
+        device: where to train (default: a GPU if there is one); the model stays there.
     Returns the trained model (eval mode) with ``scaling_factor`` = 1 / std of its latents.
     """
     if config is None:
@@ -138,9 +167,10 @@ def train_autoencoder(
         )
     if steps < 1 or batch_size < 1 or not lr > 0 or kl_weight < 0:
         raise ConfigError("steps and batch size must be positive, lr > 0 and kl weight >= 0")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = KLAutoencoder(config)
+    model = KLAutoencoder(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     batches = _Batches(dataset, batch_size, gen, num_workers)
     warmup = min(100, max(1, steps // 20))
@@ -155,8 +185,8 @@ def train_autoencoder(
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
-        x = batches.next()  # (B, C, H, W)
-        recon, mean, logvar = model(x, generator=gen)
+        x = batches.next().to(device, non_blocking=True)  # (B, C, H, W)
+        recon, mean, logvar = model(x)
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         loss = rec + kl_weight * kl_divergence(mean, logvar)
         opt.zero_grad(set_to_none=True)

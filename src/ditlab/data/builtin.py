@@ -12,6 +12,7 @@ trainer as one uint8 tensor.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -89,14 +90,17 @@ def _load_mnist_arrays() -> dict[str, np.ndarray]:
 
 
 def _load_digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise DataError("the built-in 'digits' dataset needs scikit-learn: run `pip install scikit-learn`") from err
-    bunch = load_digits()
-    # 0..16 -> 0..255
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
-    labels = bunch.target.astype(np.int64)
+    # Read scikit-learn's data file directly: importing sklearn itself (and scipy with it) costs
+    # seconds, the file takes milliseconds. Rows are 64 pixel values in 0..16 and the label.
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in 'digits' dataset needs scikit-learn: run `pip install scikit-learn`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise DataError(f"scikit-learn's digits file {path} is missing: reinstall scikit-learn")
+    rows = np.loadtxt(path, delimiter=",", dtype=np.float64)  # (1797, 65)
+    images = np.rint(rows[:, :64].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+    labels = rows[:, 64].astype(np.int64)
     order = np.random.default_rng(0).permutation(len(labels))
     idx = order[:-300] if split == "train" else order[-300:]
     return images[idx], labels[idx]

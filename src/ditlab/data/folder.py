@@ -141,6 +141,10 @@ class Batch(tuple):
     def labels(self) -> torch.Tensor:
         return self[1]  # (N,)
 
+    def pin_memory(self) -> "Batch":
+        # DataLoader(pin_memory=True) calls this; rebuilding a plain tuple would drop ``skipped``.
+        return Batch(self[0].pin_memory(), self[1].pin_memory(), self.skipped)
+
     def __reduce__(self):
         # Batches travel from DataLoader workers by pickle; keep ``skipped`` on the way.
         return (Batch, (self[0], self[1], self.skipped))
