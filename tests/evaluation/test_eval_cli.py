@@ -52,6 +52,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, sets):
     np.savez(tmp_path / "nokeys.npz", images=np.zeros((3, 8, 8, 3), np.uint8))
     np.savez(tmp_path / "nosigma.npz", mu=np.zeros(2048))
     np.savez(tmp_path / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(tmp_path / "stats768.npz", mu=np.zeros(768), sigma=np.eye(768))  # pytorch-fid --dims 768
     cases = [
         ((tmp_path / "one", ref), "holds 1 image"),
         ((gen, tmp_path / "nokeys.npz"), "neither 'arr_0'"),
@@ -60,6 +61,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, sets):
         ((gen, ref, "--inception", tmp_path / "none.pth"), "not found"),
         ((gen, tmp_path / "stats.npz", "--metrics", "fid,kid"), "statistics only"),
         ((tmp_path / "stats.npz", ref), "is a statistics file"),
+        ((gen, tmp_path / "stats768.npz"), "768-d statistics"),
         ((gen, ref, "--metrics", "fid,lpips"), "unknown metric"),
         ((gen, ref, "--batch-size", "0"), "positive integer"),
         ((gen, ref, "--metrics", "pr", "--pr-k", "4"), "needs more than 4 images"),

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from ditlab.errors import CheckpointError
 from ditlab.evaluation.inception import (
-    InceptionFeatures,
     default_weights_path,
     quantize_images,
     resize_tf_bilinear,
 )
 from ditlab.evaluation.inception_net import TORCHVISION_TO_GRAPH, load_inception
+from ditlab.evaluation.sources import cached_extract
 
 
 def _script(path) -> torch.jit.ScriptModule:
@@ -129,8 +129,14 @@ def test_features_of_uint8_batches(inception):
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(1, 299, 299), dtype=np.uint8)
     # Grayscale (N, H, W) is replicated to RGB; 299x299 is used as is, scaled by (x - 128) / 128.
-    feats, logits = inception.extract([gray], total=1, progress=False)
+    feats, logits = cached_extract("noise-1", inception, lambda: [gray], total=1, progress=False)
     assert feats.shape == (1, 2048) and feats.dtype == np.float64 and logits is None
+
+    def no_images():
+        raise AssertionError("a cache hit must not read the images")
+
+    again, _ = cached_extract("noise-1", inception, no_images, progress=False)
+    np.testing.assert_array_equal(again, feats)  # stored as float32, which is what Inception computes
     x = (torch.from_numpy(gray).float()[:, None].expand(1, 3, 299, 299) - 128) / 128
     with torch.no_grad():
         direct = inception.net(x).double().numpy()

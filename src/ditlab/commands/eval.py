@@ -90,16 +90,21 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.save_stats:
         return _save_stats(args)
+    from ditlab.evaluation.inception_net import FEATURE_DIM
     from ditlab.evaluation.metrics import compute_metrics, parse_metrics
     from ditlab.evaluation.sources import load_image_source, source_features
 
     gen, ref = load_image_source(args.gen), load_image_source(args.ref)  # fail fast on bad input
     if gen.kind == "stats":
         raise DataError(f"GEN {gen.path} is a statistics file; pass the generated images (folder or ADM .npz)")
+    notes = gen.notes + ref.notes  # printed once every check has passed
+    if ref.kind == "stats" and ref.stats.mu.shape[0] != FEATURE_DIM:
+        raise DataError(f"REF {ref.path} holds {ref.stats.mu.shape[0]}-d statistics, not Inception pool3"
+                        f" ({FEATURE_DIM}-d); recreate them with `ditlab eval --save-stats`")
     if args.metrics is None:
         metrics = ("fid",) if ref.kind == "stats" else parse_metrics(DEFAULT_METRICS)
         if ref.kind == "stats":
-            _note(args, "REF is a statistics file: computing FID only (KID, precision/recall need images)")
+            notes.append("REF is a statistics file: computing FID only (KID, precision/recall need images)")
     else:
         metrics = parse_metrics(args.metrics)
     if ref.kind == "stats" and any(m in ("kid", "pr") for m in metrics):
@@ -110,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"precision/recall with k={args.pr_k} needs more than {args.pr_k} images per set,"
                             f" got {gen.num_images} and {ref.num_images}; add images or drop 'pr'")
         metrics = tuple(m for m in metrics if m != "pr")
-        _note(args, f"skipping precision/recall: it needs more than {args.pr_k} images per set")
-    for n in gen.notes + ref.notes:
-        _note(args, n)
+        notes.append(f"skipping precision/recall: it needs more than {args.pr_k} images per set")
 
     extractor = _extractor(args)
     if "is" in metrics and not extractor.has_logits:
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             f"the Inception Score needs a classification head, which {extractor.weights_path.name} lacks:"
             " pass --inception with pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or drop 'is'"
         )
+    for n in notes:
+        _note(args, n)
     progress = not args.quiet
     # Generated sets change every time: only the reference is cached.
     gen_feats, gen_logits = source_features(gen, extractor, cache=False, progress=progress)
