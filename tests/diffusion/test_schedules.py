@@ -100,12 +100,22 @@ def test_integer_steps_spacing_per_sampler():
     assert p.spaced(20, "ddim").timesteps.tolist() == want
     assert p.spaced("linspace20", "dpmpp_2m").timesteps.tolist() == want
     assert p.spaced("ddim50", "dpmpp_2m").timesteps.tolist() == list(range(0, 1000, 20))
-    # DPM-Solver++ defaults to steps uniform in log-SNR: equal gaps up to the rounding to integer steps.
-    kept = p.spaced(20, "dpmpp_2m").timesteps
-    assert p.spaced("logsnr20").timesteps.tolist() == kept.tolist() and len(kept) == 20 and kept[-1] == 999
+    # Uniform in log-SNR: equal lambda gaps up to the rounding to integer steps.
+    kept = p.spaced("logsnr20").timesteps
+    assert len(kept) == 20 and kept[-1] == 999
     lam = (0.5 * torch.log(p.alphas_cumprod / (1 - p.alphas_cumprod))).numpy()
     step = (lam[0] - lam[999]) / 20
     np.testing.assert_allclose(-np.diff(lam[kept.numpy()])[3:], step, rtol=0.15)
-    for bad in ("logsnr0", "linspace2000", "logsnrx"):
+    # DPM-Solver++ defaults: cubic in time for the linear schedule, linspace for cosine.
+    cubic = [round(999 * (i / 10) ** 3) for i in range(1, 11)]
+    assert p.spaced(10, "dpmpp_2m").timesteps.tolist() == cubic
+    assert p.spaced("quad10").timesteps.tolist() == [round(999 * (i / 10) ** 2) for i in range(1, 11)]
+    cosine = create_process("ddpm", schedule="cosine")
+    assert cosine.spaced(10, "dpmpp_2m").timesteps.tolist() == np.linspace(0, 999, 11).round()[1:].astype(int).tolist()
+    # Collisions of rounded points move up, so the count is always exact.
+    for n in (20, 500, 1000):
+        kept = p.spaced(n, "dpmpp_2m").timesteps
+        assert len(set(kept.tolist())) == n and kept.max() == 999
+    for bad in ("logsnr0", "linspace2000", "logsnrx", "cubic0", "quad"):
         with pytest.raises(ProcessError):
             p.spaced(bad)

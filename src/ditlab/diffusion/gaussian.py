@@ -24,6 +24,7 @@ from ditlab.diffusion.schedules import (
     extract,
     linspace_timesteps,
     logsnr_timesteps,
+    power_timesteps,
     space_timesteps,
 )
 from ditlab.errors import ProcessError
@@ -167,33 +168,47 @@ class GaussianProcess:
     def spaced(self, steps: int | str, sampler: str = "ddpm") -> SpacedSchedule:
         """The chain a sampler runs on, with one network evaluation per kept step.
 
-        ``steps`` is an int or a spacing string: ADM's ``"250"``, ``"10,20"``, ``"ddim50"`` (as DiT/ADM), or
-        ``"linspace20"`` (diffusers' default: round(linspace(0, T-1, n+1))[1:]) or ``"logsnr20"``
-        (uniform in log-SNR, DPM-Solver's choice). An int picks the sampler's default spacing:
-        ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim``, logsnr for ``dpmpp_2m``.
+        ``steps`` is an int or a spacing string: ADM's ``"250"``, ``"10,20"``, ``"ddim50"`` (as DiT/ADM);
+        ``"linspace20"`` (diffusers' default: round(linspace(0, T-1, n+1))[1:]); ``"logsnr20"`` (uniform
+        in log-SNR); ``"quad20"`` / ``"cubic20"`` (t = (T-1)(i/n)^2 or ^3). An int picks the sampler's
+        default: ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim``, and for ``dpmpp_2m``
+        the spacing that measured best on the analytic benchmark (docs/samplers.md) for the schedule:
+        cubic for linear / scaled_linear, linspace for cosine.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, str)):
-            raise ProcessError(f"steps must be an int or a spacing string like '250', 'ddim50', 'logsnr20', got {steps!r}")
+            raise ProcessError(f"steps must be an int or a spacing string like '250', 'ddim50', 'cubic20', got {steps!r}")
         T = self.num_timesteps
-        spec = steps if isinstance(steps, str) else {"ddim": f"linspace{steps}", "dpmpp_2m": f"logsnr{steps}"}.get(sampler, str(steps))
+        spec = steps if isinstance(steps, str) else f"{self._default_spacing(sampler)}{steps}"
         spec = spec.strip()
-        for prefix, spacing in (("linspace", linspace_timesteps), ("logsnr", None)):
-            if spec.startswith(prefix):
-                try:
-                    n = int(spec[len(prefix):])
-                except ValueError:
-                    raise ProcessError(f"bad spacing {spec!r}; use e.g. '{prefix}20'") from None
-                if not 1 <= n <= T:
-                    raise ProcessError(f"steps must be in [1, {T}], got {n}; pass fewer steps")
-                kept = spacing(T, n) if spacing else logsnr_timesteps(self.alphas_cumprod, n)
-                if len(kept) < n:  # more steps than distinct rounded points: fall back to even spacing
-                    kept = space_timesteps(T, n)
-                break
+        spacings = {
+            "linspace": lambda n: linspace_timesteps(T, n),
+            "logsnr": lambda n: logsnr_timesteps(self.alphas_cumprod, n),
+            "quad": lambda n: power_timesteps(T, n, 2.0),
+            "cubic": lambda n: power_timesteps(T, n, 3.0),
+        }
+        name = spec.rstrip("0123456789")
+        if name in spacings:
+            try:
+                n = int(spec[len(name):])
+            except ValueError:
+                raise ProcessError(f"bad spacing {spec!r}; use e.g. '{name}20'") from None
+            if not 1 <= n <= T:
+                raise ProcessError(f"steps must be in [1, {T}], got {n}; pass fewer steps")
+            kept = spacings[name](n)
+            if len(kept) < n:  # more steps than distinct rounded points: fall back to even spacing
+                kept = space_timesteps(T, n)
         else:
             if isinstance(steps, int) and not 1 <= steps <= T:
                 raise ProcessError(f"steps must be in [1, {T}], got {steps}; pass fewer steps")
             kept = space_timesteps(T, spec)
         return SpacedSchedule.from_alphas_cumprod(self.alphas_cumprod, kept)
+
+    def _default_spacing(self, sampler: str) -> str:
+        if sampler == "ddpm":
+            return ""  # ADM's even spacing: "250"
+        if sampler == "dpmpp_2m" and self.schedule != "cosine":
+            return "cubic"
+        return "linspace"
 
     def normalized_time(self, t: Tensor) -> Tensor:
         """Original step index -> [0, 1] (t / (T - 1)), the scale of guidance intervals."""

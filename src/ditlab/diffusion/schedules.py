@@ -63,7 +63,8 @@ def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
         counts = [int(c) for c in text.split(",")]
     except ValueError:
         raise ProcessError(
-            f"bad steps/respacing {spec!r}; use an int, a string like '250' or '10,20', or 'ddim50'"
+            f"bad steps/spacing {spec!r}; use an int or one of '250', '10,20', 'ddim50', 'linspace20', "
+            "'logsnr20', 'quad20', 'cubic20'"
         ) from None
     if sum(counts) > T or min(counts) < 1:
         raise ProcessError(f"steps must be in [1, {T}], got {spec!r}; pass between 1 and {T} steps")
@@ -88,23 +89,33 @@ def linspace_timesteps(num_timesteps: int, steps: int) -> list[int]:
     return sorted({round(i * ((T - 1) / steps)) for i in range(1, steps + 1)})  # as numpy.linspace
 
 
+def _distinct(indices: list[int], num_timesteps: int) -> list[int]:
+    """Make rounded step indices distinct, ascending: a collision moves to the next free (noisier) step,
+    so there are always as many steps as asked; past T-1 it takes the noisiest free step."""
+    kept: set[int] = set()
+    for index in sorted(indices):
+        while index in kept:
+            index += 1
+        if index >= num_timesteps:
+            index = max(set(range(num_timesteps)) - kept)
+        kept.add(index)
+    return sorted(kept)
+
+
 def logsnr_timesteps(alphas_cumprod: Tensor, steps: int) -> list[int]:
     """Steps nearest to a grid uniform in log-SNR lambda = log(alpha / sigma), from step T-1 towards
     step 0 (whose level is the final step's start), as DPM-Solver recommends (Lu et al. 2022, Sec. 3.3)."""
     acp = alphas_cumprod.to(torch.float64)
     lam = 0.5 * (torch.log(acp) - torch.log1p(-acp))  # increasing as t decreases
     grid = torch.linspace(float(lam[-1]), float(lam[0]), steps + 1, dtype=torch.float64)[:-1]
-    kept: set[int] = set()
-    # From the clean end, where lambda changes fastest per step and nearest indices can collide:
-    # a collision moves to the next free (noisier) step, so there are always exactly ``steps``.
-    for g in grid.flip(0):
-        index = int((lam - g).abs().argmin())
-        while index in kept:
-            index += 1
-        if index >= len(lam):  # only when steps is close to T: take the noisiest free step
-            index = max(set(range(len(lam))) - kept)
-        kept.add(index)
-    return sorted(kept)
+    return _distinct([int((lam - g).abs().argmin()) for g in grid], len(lam))
+
+
+def power_timesteps(num_timesteps: int, steps: int, rho: float) -> list[int]:
+    """round((T-1) (i/n)^rho), i = 1..n: rho = 2 is DDIM's "quadratic" spacing, rho = 3 ("cubic")
+    spends even more evaluations at low noise."""
+    T = int(num_timesteps)
+    return _distinct([round((T - 1) * (i / steps) ** rho) for i in range(1, steps + 1)], T)
 
 
 @dataclass(frozen=True)
