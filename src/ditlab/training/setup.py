@@ -99,6 +99,7 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
         kl_weight=config.vae_kl_weight,
         seed=config.seed,
         progress=True,
+        device=device,
     )
 
 
