@@ -133,3 +133,17 @@ def test_bad_input_raises_process_error():
         p.sample(toy_model(False), x, steps=2)
     with pytest.raises(ProcessError, match="output channels"):
         create_process("flow").training_loss(toy_model(True), x, {})
+
+
+def test_network_time_is_float32_for_low_precision_data():
+    """bf16 cannot hold step 999 exactly (it rounds to 1000); the network's t stays float32."""
+    for kind in ("ddpm", "flow"):
+        p = create_process(kind)
+        model = toy_model(p.learn_sigma)
+        x0 = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+        t = torch.tensor([999, 3]) if kind == "ddpm" else torch.tensor([0.123456, 0.5])
+        loss = p.training_loss(model, x0, None, t=t, noise=torch.randn_like(x0))
+        assert loss.shape == (2,) and model.seen[0].dtype == torch.float32
+        torch.testing.assert_close(model.seen[0], t.float(), rtol=0, atol=0)
+        p.sample(model, torch.randn(2, 3, 4, 4).to(torch.bfloat16), steps=3)
+        assert all(s.dtype == torch.float32 for s in model.seen)

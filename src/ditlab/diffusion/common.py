@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ditlab.errors import ProcessError
@@ -38,3 +39,9 @@ def split_output(out: Tensor, channels: int, learn_sigma: bool, kind: str) -> tu
     if learn_sigma:
         return out[:, :channels], out[:, channels:]
     return out, None
+
+
+def time_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the ``t`` handed to the network: float32 (exact for step indices and finer than
+    bf16/fp16 data), or float64 for float64 data."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

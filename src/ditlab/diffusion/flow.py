@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ditlab.diffusion.common import check_choice, check_sampler_options, split_output
+from ditlab.diffusion.common import check_choice, check_sampler_options, split_output, time_dtype
 from ditlab.diffusion.flow_samplers import FLOW_SAMPLERS
 from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
 from ditlab.diffusion.losses import mean_flat
@@ -108,7 +108,7 @@ class FlowProcess:
             t = self.sample_t(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        t = t.to(device=x0.device, dtype=x0.dtype)
+        t = t.to(device=x0.device, dtype=time_dtype(x0))
         out = model(self.q_sample(x0, t, noise), t, **dict(model_kwargs or {}))
         v, _ = split_output(out, x0.shape[1], False, self.kind)
         return mean_flat((v - (noise - x0)) ** 2)
@@ -151,7 +151,7 @@ class FlowProcess:
             guidance_channels=guidance_channels,
             guidance_interval=guidance_interval,
         )
-        dtype = noise.dtype if noise.is_floating_point() else torch.float32
+        dtype = time_dtype(noise)
 
         def velocity(x: Tensor, t: float) -> Tensor:
             t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ditlab.diffusion.common import check_choice, check_sampler_options, split_output
+from ditlab.diffusion.common import check_choice, check_sampler_options, split_output, time_dtype
 from ditlab.diffusion.gaussian_samplers import GAUSSIAN_SAMPLERS, Prediction
 from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
 from ditlab.diffusion.losses import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -155,7 +155,7 @@ class GaussianProcess:
             noise = torch.randn_like(x0)
         t = t.to(x0.device).long()
         x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, t.to(x0.dtype if x0.is_floating_point() else torch.float32), **dict(model_kwargs or {}))
+        out = model(x_t, t.to(time_dtype(x0)), **dict(model_kwargs or {}))
         model_out, var_values = split_output(out, x0.shape[1], self.learn_sigma, self.kind)
         loss = mean_flat((self.training_target(x0, t, noise) - model_out) ** 2)
         if self.learn_sigma:
@@ -248,7 +248,7 @@ class GaussianProcess:
             guidance_interval=guidance_interval,
             normalized_time=self.normalized_time,
         )
-        dtype = noise.dtype if noise.is_floating_point() else torch.float32
+        dtype = time_dtype(noise)
 
         def denoise(x: Tensor, k: int) -> Prediction:
             k_idx = torch.full((x.shape[0],), k, dtype=torch.long)
