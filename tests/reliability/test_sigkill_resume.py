@@ -48,10 +48,10 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, reference_run
         t.wait_for(lambda: False, timeout=phase * per_step)
         return f"{phase:.2f} of a step after step {k}"
 
-    def mid_checkpoint_write(t: Training) -> str:  # as soon as a temporary checkpoint folder appears
-        root = t.run_dir / ckpt.CHECKPOINTS
-        seen = t.wait_for(lambda: root.is_dir() and any(p.name.startswith(".tmp-") for p in os.scandir(root)),
-                          timeout=300, poll=0.0002)
+    def mid_checkpoint_write(t: Training) -> str:  # as soon as this process's temporary checkpoint folder appears
+        root, mine = t.run_dir / ckpt.CHECKPOINTS, f"-{t.proc.pid}"  # not one a killed process left behind
+        seen = t.wait_for(lambda: root.is_dir() and any(p.name.startswith(".tmp-") and p.name.endswith(mine)
+                                                        for p in os.scandir(root)), timeout=300, poll=0.0002)
         return "while a checkpoint was being written" if seen else "at the end (no write seen)"
 
     def finish(run, expected) -> None:
