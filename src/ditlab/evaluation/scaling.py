@@ -165,6 +165,7 @@ def plot_study(study: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     out_dir = Path(out_dir)
     metric = study["metric"]
@@ -187,15 +188,26 @@ def plot_study(study: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     steps = sorted({e["step"] for m in models for e in m["evals"]})
-    for s in steps:
-        pts = [(m["gflops"], e[metric]) for m in models for e in m["evals"] if e["step"] == s]
-        ax.plot(*zip(*pts), marker="o", linestyle="--", alpha=0.4 + 0.6 * (s == steps[-1]), label=f"step {s}")
+    families: dict[str, list] = {}  # one line per size (depth, width), through its patch sizes, as Fig. 2
     for m in models:
-        last = m["evals"][-1]
-        ax.annotate(m["label"], (m["gflops"], last[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        families.setdefault(m["name"].split("/")[0], []).append(m)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (family, members) in enumerate(families.items()):
+        for s in steps:
+            pts = [(m["gflops"], e[metric]) for m in members for e in m["evals"] if e["step"] == s]
+            if not pts:
+                continue
+            last = s == steps[-1]
+            ax.plot(*zip(*pts), marker="o", color=colors[k % len(colors)], linestyle="-" if last else ":",
+                    alpha=1.0 if last else 0.35, label=f"{family} step {s}" if last or s == steps[0] else None)
+    for m in models:
+        final = m["evals"][-1]
+        ax.annotate(m["label"], (m["gflops"], final[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if floor:
         ax.axhline(floor, color="gray", linestyle=":", label="real data (floor)")
-    ax.set(xlabel="Gflops per forward pass", ylabel=metric, xscale="log", yscale="log", title=f"{metric} vs Gflops")
+    ax.set(xlabel="Gflops per forward pass", ylabel=metric, xscale="log", yscale="log",
+           title=f"{metric} vs Gflops (solid: step {steps[-1]}; dotted: earlier)")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # crowded minor labels on a short axis
     ax.legend(fontsize=7)
     fig.text(0.01, 0.01, label, fontsize=6)
     fig.tight_layout()
