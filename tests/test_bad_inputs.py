@@ -100,6 +100,27 @@ CASES = [
                                 "--out", "{w}/c3", "--no-progress", "--workers", "0"], "3 of 3 images are unreadable"),
     ("extract-zero-batch", ["extract-latents", "digits", "--autoencoder", "pixel", "--out", "{w}/c4",
                             "--batch-size", "0"], "--batch-size must be a positive integer"),
+    # --- train-vae
+    ("train-vae-missing-data", ["train-vae", "{w}/nope", "--out", "{w}/vae1"], "does not exist"),
+    ("train-vae-zero-steps", ["train-vae", "digits", "--out", "{w}/vae2", "--steps", "0"], "--steps must be"),
+    ("train-vae-bad-downsample", ["train-vae", "digits", "--out", "{w}/vae3", "--downsample", "3"],
+     "--downsample must be 1, 2, 4 or 8"),
+    ("train-vae-empty-data", ["train-vae", "{w}/empty", "--out", "{w}/vae4"], "no images found"),
+    ("train-vae-out-is-a-file", ["train-vae", "digits", "--out", "{w}/notes.txt", "--steps", "1"], "is a file"),
+    ("train-vae-unwritable-out", ["train-vae", "digits", "--out", UNWRITABLE, "--steps", "1", "--no-progress"],
+     "cannot write to --out"),
+    # --- sample-many
+    ("sample-many-missing-run", ["sample-many", "{w}/nope", "--out", "{w}/many1"], "does not exist"),
+    ("sample-many-zero-num", ["sample-many", "{w}/run", "--out", "{w}/many2", "--num", "0"], "--num must be >= 1"),
+    ("sample-many-out-is-a-file", ["sample-many", "{w}/run", "--out", "{w}/notes.txt", "--num", "2", "--steps", "2"],
+     "cannot create output folder"),
+    ("sample-many-unknown-sampler", ["sample-many", "{w}/run", "--out", "{w}/many3", "--num", "2", "--sampler", "nope"],
+     "unknown sampler"),
+    # --- scale
+    ("scale-unknown-model", ["scale", "digits", "--models", "DiT-Q/2", "--budget", "10", "--out", "{w}/scale1"],
+     "unknown model(s)"),
+    ("scale-zero-budget", ["scale", "digits", "--models", "DiT-S/2", "--budget", "0", "--out", "{w}/scale2"],
+     "--budget must be >= 1"),
     # --- convert
     ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
     ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),
@@ -166,7 +187,9 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def test_the_table_is_broad():
     commands = {argv[0] for _, argv, _ in CASES}
-    assert len(CASES) >= 25 and {"train", "sample", "eval", "extract-latents", "convert", "flops"} <= commands
+    assert len(CASES) >= 25
+    assert {"train", "sample", "eval", "extract-latents", "convert", "flops", "train-vae", "sample-many",
+            "scale"} <= commands
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
 
 
