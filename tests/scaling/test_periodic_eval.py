@@ -26,7 +26,7 @@ def _rows(run):
 
 
 @pytest.mark.slow  # trains 4 steps and runs Inception on 16 images twice: ~30-60 s on 2 busy cores
-def test_logged_fid_is_the_fid_of_the_ema_samples(tiny_run, tmp_path):
+def test_logged_fid_is_the_fid_of_the_ema_samples(tiny_run, tmp_path, monkeypatch):
     from ditlab.data import build_dataset
     from ditlab.evaluation import InceptionFeatures
     from ditlab.evaluation.metrics import fid
@@ -62,11 +62,12 @@ def test_logged_fid_is_the_fid_of_the_ema_samples(tiny_run, tmp_path):
     import ditlab.evaluation.scaling as scaling
 
     calls = []
-    original = ext.extract
+    original = InceptionFeatures.extract
+    monkeypatch.setattr(InceptionFeatures, "extract",
+                        lambda self, batches, **k: calls.append(k.get("total")) or original(self, batches, **k))
     scorer = build_scorers(config, dataset, torch.device("cpu"), ["fid"], progress=False)[0]
-    scorer.extractor.extract = lambda *a, **k: calls.append(1) or original(*a, **k)
     assert scorer.score(images, labels)["fid"] == pytest.approx(expected, rel=1e-9)
-    assert calls == [1]  # only the 4 samples went through Inception
+    assert calls == [4]  # only the 4 samples went through Inception, not the 8 reference images
     assert isinstance(scorer, scaling.InceptionFID)
 
 

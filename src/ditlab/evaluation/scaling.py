@@ -73,6 +73,9 @@ class InceptionFID:
         return {"fid": fid(feats, self.reference)}
 
 
+_MNIST_TEST_STATS: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image size -> (mu, sigma) of the test set
+
+
 class MnistFrechet:
     """MNIST classifier metrics at a given image size: accuracy, Fréchet distance, real-data floor.
 
@@ -90,9 +93,10 @@ class MnistFrechet:
         self.image_size = int(image_size)
         self.seed = seed
         self._model = load_classifier()
-        test, _ = build_dataset("mnist", self.image_size, split="test").tensors()  # (N, 1, H, W) uint8
-        _, feats = classify(test[:, 0].numpy(), self._model)
-        self._mu, self._sigma = feature_statistics(feats)
+        if self.image_size not in _MNIST_TEST_STATS:  # 10k digits through the CNN: once per process and size
+            test, _ = build_dataset("mnist", self.image_size, split="test").tensors()  # (N, 1, H, W) uint8
+            _MNIST_TEST_STATS[self.image_size] = feature_statistics(classify(test[:, 0].numpy(), self._model)[1])
+        self._mu, self._sigma = _MNIST_TEST_STATS[self.image_size]
         self._floors: dict[int, float] = {}
 
     def floor(self, n: int) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
