@@ -156,3 +156,19 @@ def test_guidance_scale_0_and_1_give_unconditional_and_conditional_distributions
         # Stronger guidance concentrates the class: a smaller spread than the conditional one.
         strong = p.sample(model, noise, cfg_scale=4.0, **kw)
         assert torch.cov(strong.T).trace() < torch.cov(cond.T).trace()
+
+
+def test_the_analytic_denoiser_is_bayes_rule():
+    """E[x0 | x_t] of a 1-D two-component mixture, against numerical integration of Bayes' rule."""
+    from scipy import integrate, stats
+
+    data = GaussianMixture(torch.tensor([[-1.0], [0.7]]), torch.tensor([[[0.2]], [[0.05]]]), [0.3, 0.7])
+    prior = lambda z: 0.3 * stats.norm.pdf(z, -1.0, 0.2**0.5) + 0.7 * stats.norm.pdf(z, 0.7, 0.05**0.5)  # noqa: E731
+    for a, s, x in ((0.9, 0.4, 0.2), (0.3, 0.95, -0.8), (0.99, 0.1, 0.65)):
+        lik = lambda z: prior(z) * stats.norm.pdf(x, a * z, s)  # noqa: E731
+        x0_mean = integrate.quad(lambda z: z * lik(z), -6, 6, points=[-1, 0.7])[0] / integrate.quad(lik, -6, 6, points=[-1, 0.7])[0]
+        eps = data.posterior_eps(torch.tensor([[x]], dtype=torch.float64), a, s)
+        assert float((x - s * eps) / a) == pytest.approx(x0_mean, rel=1e-5, abs=1e-7)  # quadrature accuracy
+    sample = data.sample(400_000, torch.Generator().manual_seed(0))
+    assert float(sample.mean()) == pytest.approx(float(data.mean()), abs=0.005)
+    assert float(sample.var()) == pytest.approx(float(data.covariance()), rel=0.01)

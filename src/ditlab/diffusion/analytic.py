@@ -102,8 +102,7 @@ class GaussianMixture:
             t64 = t.to(torch.float64).unsqueeze(1)
             a, s = 1.0 - t64, t64
             eps = self.posterior_eps(x, a, s, y).to(torch.float64)
-            # x0 = (x - s eps) / a is singular at t = 1; v = eps - x0 = (eps - x) / a + ... is rewritten
-            # as v = (eps - x + s eps) / a ... only valid for a > 0, so use the limit at a = 0: v = eps - E[x0].
+            # x0 = (x - s eps) / a; at t = 1 (a = 0) x says nothing about x0, so E[x0 | x] = E[x0].
             safe_a = a.clamp(min=1e-12)
             x0 = torch.where(a > 1e-12, (x.to(torch.float64) - s * eps) / safe_a, self._prior_mean(y, x))
             return (eps - x0).to(x.dtype)
