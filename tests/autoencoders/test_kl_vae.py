@@ -34,6 +34,10 @@ def test_encode_is_scaled_posterior_mean_and_sampling_draws_around_it():
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     mean, logvar = model.posterior(x)
     assert torch.allclose(model.encode(x), mean * 0.5)
+    model.latent_shift.fill_(0.25)
+    assert torch.allclose(model.encode(x), (mean - 0.25) * 0.5)
+    assert torch.allclose(model.decode(model.encode(x)), model.decoder(mean).clamp(-1, 1), atol=1e-5)
+    model.latent_shift.zero_()
     gen = torch.Generator().manual_seed(1)
     draws = model.encode(x.repeat(400, 1, 1, 1), sample=True, generator=gen).view(400, *mean.shape)
     # sample = (mean + exp(logvar / 2) * eps) * scale: check both moments.
@@ -104,11 +108,18 @@ def trained(digits, tmp_path_factory):
 def test_scaling_factor_is_one_over_measured_std(digits, trained):
     model, out = trained
     images = digits.tensors()[0].float() / 127.5 - 1
-    mean, _ = model.posterior(images)
-    assert model.scaling_factor == pytest.approx(1.0 / mean.std(unbiased=False).item(), rel=1e-3)
-    assert model.encode(images).std().item() == pytest.approx(1.0, abs=1e-3)
+    mean, _ = model.posterior(images)  # unscaled (N, c, h, w)
+    channel_mean = mean.mean(dim=(0, 2, 3))
+    centred_std = (mean - channel_mean.view(1, -1, 1, 1)).pow(2).mean().sqrt().item()
+    assert torch.allclose(model.latent_shift, channel_mean, atol=1e-4)
+    assert model.scaling_factor == pytest.approx(1.0 / centred_std, rel=1e-3)
+    z = model.encode(images)
+    assert z.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=1e-3)  # unit scale around zero
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # every channel centred
     assert json.loads((out / "config.json").read_text())["scaling_factor"] == model.scaling_factor
     assert 1.0 / measure_latent_std(model, digits) == pytest.approx(model.scaling_factor)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["latent_shift"] == pytest.approx(model.latent_shift.tolist(), abs=1e-5)
 
 
 def test_short_training_on_digits_cuts_reconstruction_error(digits, trained):

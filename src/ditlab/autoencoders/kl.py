@@ -36,10 +36,10 @@ class KLAutoencoderConfig:
     downsample: int = 4
     channels: tuple[int, ...] = (32, 64, 64)
     num_res_blocks: int | tuple[int, ...] = 1  # per level (an int means the same at every level)
+    scaling_factor: float = 1.0
     # Resampling: 2x2 stride-2 convolutions down and 2x2 stride-2 transposed convolutions up (cheap,
     # each output pixel seen once) instead of 3x3 stride-2 conv / nearest upsample + 3x3 conv.
     patch_resample: bool = False
-    scaling_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -147,6 +147,9 @@ class KLAutoencoder(Autoencoder):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # Per-channel mean of the latents, measured on the data with the scaling factor and
+        # subtracted by ``encode``, so that the diffusion model sees centred latents.
+        self.register_buffer("latent_shift", torch.zeros(config.latent_channels))
 
     # -- geometry ------------------------------------------------------------------------------
     @property
@@ -189,11 +192,12 @@ class KLAutoencoder(Autoencoder):
         if sample:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             mean = mean + (0.5 * logvar).exp() * noise
-        return mean * self.scaling_factor
+        return (mean - self.latent_shift.view(1, -1, 1, 1)) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents / self.scaling_factor).clamp(-1.0, 1.0)
+        z = latents / self.scaling_factor + self.latent_shift.view(1, -1, 1, 1).to(latents.dtype)
+        return self.decoder(z).clamp(-1.0, 1.0)
 
     def identity(self) -> str:
         """``kl-vae-f{d}c{c}-`` + 12 hex digits of a hash over the weights and the scaling factor.
@@ -220,7 +224,9 @@ class KLAutoencoder(Autoencoder):
         cfg = dataclasses.asdict(self.config)
         cfg["channels"] = list(cfg["channels"])
         cfg["num_res_blocks"] = list(cfg["num_res_blocks"])
-        cfg = {"type": CONFIG_TYPE, "version": 1, **cfg, "identity": self.identity()}
+        # latent_shift lives in the weights file; config.json repeats it for people reading it.
+        cfg = {"type": CONFIG_TYPE, "version": 1, **cfg, "latent_shift": [round(v, 6) for v in self.latent_shift.tolist()],
+               "identity": self.identity()}
         _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
         return out
 
@@ -244,7 +250,10 @@ class KLAutoencoder(Autoencoder):
         try:
             config = KLAutoencoderConfig(**{k: v for k, v in raw.items() if k in fields})
             model = cls(config)
-            model.load_state_dict(load_file(str(weights)))
+            state = load_file(str(weights))
+            # Files written before the latent shift existed hold no shift: it was zero.
+            state.setdefault("latent_shift", torch.zeros(config.latent_channels))
+            model.load_state_dict(state)
         except Exception as err:  # wrong shapes, bad header, truncated file
             raise CheckpointError(f"autoencoder weights in {path} do not load ({type(err).__name__}): retrain with `ditlab train-vae`") from err
         return model.eval()

@@ -109,22 +109,29 @@ def reconstruction_error(model, dataset, *, max_images: int = 1000, batch_size: 
 
 
 @torch.no_grad()
-def measure_latent_std(model: KLAutoencoder, dataset, *, max_images: int = 4096, batch_size: int = 256) -> float:
-    """Standard deviation of the unscaled posterior means over (up to) ``max_images`` images."""
+def measure_latents(model: KLAutoencoder, dataset, *, max_images: int = 4096, batch_size: int = 256) -> tuple[torch.Tensor, float]:
+    """Per-channel mean (c,) and the standard deviation around it of the unscaled posterior means,
+    over (up to) ``max_images`` images spread over the dataset."""
     model.eval()
     device = next(model.parameters()).device
-    total, total_sq, count = 0.0, 0.0, 0
-    chunks = _eval_batches(dataset, _spread_index(len(dataset), max_images), batch_size)
-    for x in chunks:
-        mean, _ = model.posterior(x.to(device))
-        mean = mean.double()
-        total += mean.sum().item()
-        total_sq += mean.pow(2).sum().item()
-        count += mean.numel()
+    c = model.latent_channels
+    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for x in _eval_batches(dataset, _spread_index(len(dataset), max_images), batch_size):
+        mean, _ = model.posterior(x.to(device))  # (B, c, h, w)
+        mean = mean.double().cpu().transpose(0, 1).reshape(c, -1)  # (c, B*h*w)
+        total += mean.sum(1)
+        total_sq += mean.pow(2).sum(1)
+        count += mean.shape[1]
     if count == 0:
         raise DataError("no readable images to measure the latent scale on: check the dataset (see the skipped-image warnings)")
-    mu = total / count
-    return math.sqrt(max(total_sq / count - mu * mu, 1e-12))
+    shift = total / count  # (c,)
+    var = (total_sq / count - shift.pow(2)).mean().item()  # pooled variance around each channel's mean
+    return shift.float(), math.sqrt(max(var, 1e-12))
+
+
+def measure_latent_std(model: KLAutoencoder, dataset, **kwargs) -> float:
+    """Standard deviation of the unscaled latents around their per-channel means."""
+    return measure_latents(model, dataset, **kwargs)[1]
 
 
 def train_autoencoder(
@@ -152,7 +159,8 @@ def train_autoencoder(
         kl_weight: weight of the per-element KL term; small values keep reconstructions sharp.
         config: an explicit architecture (overrides ``downsample``/``latent_channels``).
         device: where to train (default: a GPU if there is one); the model stays there.
-    Returns the trained model (eval mode) with ``scaling_factor`` = 1 / std of its latents.
+    Returns the trained model (eval mode) with ``latent_shift`` = the per-channel mean of its latents
+    and ``scaling_factor`` = 1 / their standard deviation around it, both measured on ``dataset``.
     """
     if config is None:
         if downsample not in (1, 2, 4, 8):
@@ -202,7 +210,9 @@ def train_autoencoder(
     if bar is not None:
         bar.close()
     model.eval()
-    model.scaling_factor = 1.0 / measure_latent_std(model, dataset)
+    shift, std = measure_latents(model, dataset)
+    model.latent_shift.copy_(shift.to(model.latent_shift.device))
+    model.scaling_factor = 1.0 / std
     model.save(Path(out_dir))
     model.skipped_images = batches.skipped
     return model
