@@ -152,3 +152,30 @@ def test_missing_and_empty_folders_are_user_errors(tmp_path):
         build_dataset(mixed / "cls", 0)
     err = pytest.raises(DataError, build_dataset, tmp_path / "nope", 8).value
     assert "\n" not in str(err)
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+def test_dataset_copies_and_pickles_with_its_own_record(tmp_path):
+    import copy
+    import pickle
+
+    ds = build_dataset(_bad_folder(tmp_path), 8)
+    assert ds[0] is None  # empty.png sorts first: recorded as bad before copying
+    before = ds.bad_files()
+    clone = pickle.loads(pickle.dumps(ds))
+    twin = copy.deepcopy(ds)
+    assert clone.bad_files() == before == twin.bad_files()
+    for i in range(len(ds)):
+        twin[i]
+    assert len(before) == 1 and len(twin.bad_files()) == 3 and ds.bad_files() == before  # no write-back
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    arr = np.zeros((4, 8, 3), dtype=np.uint8)
+    arr[:, :4] = 255  # wide image, left half white
+    image = Image.fromarray(arr)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    out = build_dataset(tmp_path, 4, flip=False)[0][0]  # displayed upright: tall, white on top
+    assert out[0, 0].mean() > 0.8 and out[0, -1].mean() < -0.8

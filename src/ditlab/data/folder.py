@@ -9,13 +9,14 @@ failed, across all worker processes, so the trainer can report them at the end o
 from __future__ import annotations
 
 import multiprocessing
+from multiprocessing.context import get_spawning_popen
 import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ditlab.data.transforms import center_crop_arr, to_mode, uint8_to_tensor
 from ditlab.errors import DataError
@@ -99,6 +100,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """
         with Image.open(self.files[index]) as im:
             im.load()  # decode now, inside the ``with``: truncated files fail here
+            im = ImageOps.exif_transpose(im)  # phone photos store their rotation as a tag
             im = to_mode(im, self.channels)
         return uint8_to_tensor(center_crop_arr(im, self.image_size))
 
@@ -113,6 +115,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)  # horizontal flip of (C, H, W)
         return image, self.labels[index]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # Worker processes started by spawn/forkserver receive the shared record itself; any other
+        # pickling or deepcopy gets a private copy (shared ctypes refuse to be pickled otherwise).
+        if get_spawning_popen() is None:
+            state["_bad"] = bytes(self._bad)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_bad"], bytes):
+            flags = state["_bad"]
+            state["_bad"] = multiprocessing.RawArray("b", len(flags))
+            state["_bad"][:] = list(flags)
+        self.__dict__.update(state)
 
     def bad_files(self) -> list[str]:
         """Every file that failed to decode so far (in any DataLoader worker), sorted."""
