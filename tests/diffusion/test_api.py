@@ -143,7 +143,7 @@ def test_network_time_is_float32_for_low_precision_data():
         x0 = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
         t = torch.tensor([999, 3]) if kind == "ddpm" else torch.tensor([0.123456, 0.5])
         loss = p.training_loss(model, x0, None, t=t, noise=torch.randn_like(x0))
-        assert loss.shape == (2,) and model.seen[0].dtype == torch.float32
+        assert loss.shape == (2,) and loss.dtype == torch.float32 and model.seen[0].dtype == torch.float32
         torch.testing.assert_close(model.seen[0], t.float(), rtol=0, atol=0)
         p.sample(model, torch.randn(2, 3, 4, 4).to(torch.bfloat16), steps=3)
         assert all(s.dtype == torch.float32 for s in model.seen)

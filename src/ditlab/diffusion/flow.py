@@ -110,6 +110,7 @@ class FlowProcess:
             noise = torch.randn_like(x0)
         t = t.to(device=x0.device, dtype=time_dtype(x0))
         out = model(self.q_sample(x0, t, noise), t, **dict(model_kwargs or {}))
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # the loss in >= fp32 under autocast
         v, _ = split_output(out, x0.shape[1], False, self.kind)
         return mean_flat((v - (noise - x0)) ** 2)
 

@@ -156,6 +156,7 @@ class GaussianProcess:
         t = t.to(x0.device).long()
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t.to(time_dtype(x0)), **dict(model_kwargs or {}))
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # the loss in >= fp32 under autocast
         model_out, var_values = split_output(out, x0.shape[1], self.learn_sigma, self.kind)
         loss = mean_flat((self.training_target(x0, t, noise) - model_out) ** 2)
         if self.learn_sigma:
