@@ -35,24 +35,34 @@ class KLAutoencoderConfig:
     latent_channels: int = 4
     downsample: int = 4
     channels: tuple[int, ...] = (32, 64, 64)
-    num_res_blocks: int | tuple[int, ...] = 1  # per level (an int means the same at every level)
+    num_res_blocks: int | tuple[int, ...] = 1  # encoder, per level (an int: the same at every level)
     scaling_factor: float = 1.0
     # Resampling: 2x2 stride-2 convolutions down and 2x2 stride-2 transposed convolutions up (cheap,
     # each output pixel seen once) instead of 3x3 stride-2 conv / nearest upsample + 3x3 conv.
     patch_resample: bool = False
+    # Decoder residual blocks per level; None = as the encoder. The decoder can use more: its
+    # quality is what samples show, while the encoder also runs over the whole dataset once.
+    decoder_res_blocks: int | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
-        if isinstance(self.num_res_blocks, int):
-            self.num_res_blocks = (self.num_res_blocks,) * len(self.channels)
-        self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks)
+        self.num_res_blocks = self._per_level(self.num_res_blocks)
+        if self.decoder_res_blocks is None:
+            self.decoder_res_blocks = self.num_res_blocks
+        self.decoder_res_blocks = self._per_level(self.decoder_res_blocks)
         if self.downsample not in DOWNSAMPLE_FACTORS:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_FACTORS}, got {self.downsample}")
         levels = int(math.log2(self.downsample)) + 1
         if len(self.channels) != levels:
             raise ValueError(f"downsample {self.downsample} needs {levels} channel widths, got {self.channels}")
-        if len(self.num_res_blocks) != levels:
-            raise ValueError(f"num_res_blocks needs one count per level ({levels}), got {self.num_res_blocks}")
+        if len(self.num_res_blocks) != levels or len(self.decoder_res_blocks) != levels:
+            raise ValueError(
+                f"residual block counts need one entry per level ({levels}), got {self.num_res_blocks} "
+                f"and {self.decoder_res_blocks}"
+            )
+
+    def _per_level(self, blocks: int | tuple[int, ...]) -> tuple[int, ...]:
+        return (int(blocks),) * len(self.channels) if isinstance(blocks, int) else tuple(int(n) for n in blocks)
 
     @classmethod
     def default(cls, image_channels: int, latent_channels: int, downsample: int) -> "KLAutoencoderConfig":
@@ -122,7 +132,7 @@ class Decoder(nn.Module):
         self.mid = ResBlock(ch[-1], ch[-1])
         self.levels = nn.ModuleList()
         for i in reversed(range(len(ch))):
-            blocks: list[nn.Module] = [ResBlock(ch[i], ch[i]) for _ in range(cfg.num_res_blocks[i])]
+            blocks: list[nn.Module] = [ResBlock(ch[i], ch[i]) for _ in range(cfg.decoder_res_blocks[i])]
             # Leaving every level but the full-resolution one: double H, W and set the width.
             if i > 0 and cfg.patch_resample:
                 blocks.append(nn.ConvTranspose2d(ch[i], ch[i - 1], 2, stride=2))
@@ -224,6 +234,7 @@ class KLAutoencoder(Autoencoder):
         cfg = dataclasses.asdict(self.config)
         cfg["channels"] = list(cfg["channels"])
         cfg["num_res_blocks"] = list(cfg["num_res_blocks"])
+        cfg["decoder_res_blocks"] = list(cfg["decoder_res_blocks"])
         # latent_shift lives in the weights file; config.json repeats it for people reading it.
         cfg = {"type": CONFIG_TYPE, "version": 1, **cfg, "latent_shift": [round(v, 6) for v in self.latent_shift.tolist()],
                "identity": self.identity()}
