@@ -106,3 +106,23 @@ def test_convert_cli_diffusers_dirs(tmp_path):
     with torch.no_grad():  # shift 1 survives diffusers' own save/load
         torch.testing.assert_close(again(x, t, y).sample, tr(x, t, y).sample, rtol=1e-5, atol=1e-5)
     assert main(["convert", "diffusers", str(tmp_path / "nothing"), str(out)]) == 2
+
+
+def test_loaded_models_do_not_drop_labels(tmp_path):
+    """load_pretrained returns an eval-mode model: outputs do not depend on the global RNG (label dropout)."""
+    from ditlab.models import create_model, save_pretrained
+
+    model = create_model("DiT-Test/2", input_size=8, in_channels=4, num_classes=10, class_dropout_prob=0.9)
+    with torch.no_grad():  # random weights everywhere: a fresh adaLN-Zero model outputs zeros whatever the label
+        for p in model.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
+    assert not loaded.training
+    x, t, y = _inputs()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = loaded(x, t, y)
+        torch.manual_seed(1)
+        b = loaded(x, t, y)
+    assert torch.equal(a, b)

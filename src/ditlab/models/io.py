@@ -38,7 +38,10 @@ def save_pretrained(model: DiT, directory: str | os.PathLike, *, state_dict: dic
 
 
 def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> DiT:
-    """Rebuild a model from ``config.json`` and load ``model.safetensors`` strictly."""
+    """Rebuild a model from ``config.json`` and load ``model.safetensors`` strictly.
+
+    Returns the model in eval mode (no label dropout), ready for inference; call ``.train()`` to train it.
+    """
     from safetensors.torch import load_file
 
     from ditlab.models.registry import model_from_config
@@ -60,7 +63,7 @@ def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"cannot read {w_path} ({err}): the file is corrupt, re-save it") from None
     load_state_dict_strict(model, sd, source=str(w_path))
-    return model
+    return model.eval()
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], *, source: str = "checkpoint") -> None:
