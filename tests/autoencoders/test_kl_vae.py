@@ -139,3 +139,19 @@ def test_training_is_deterministic_for_a_seed(digits, tmp_path):
     b = train_autoencoder(digits, tmp_path / "b", config=cfg, steps=5, batch_size=8, progress=False, device="cpu")
     assert a.identity() == b.identity()
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("downsample", [1, 2, 4, 8])
+def test_default_architecture_geometry(downsample):
+    cfg = KLAutoencoderConfig.default(3, 4, downsample)
+    model = KLAutoencoder(cfg).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (2, 4, 32 // downsample, 32 // downsample)
+    assert model.decode(z).shape == x.shape
+    # The encoder is the light half: it also encodes the whole dataset once.
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    n_dec = sum(p.numel() for p in model.decoder.parameters())
+    assert n_enc < n_dec
+    with pytest.raises(ValueError):
+        KLAutoencoderConfig.default(3, 4, 3)
