@@ -58,6 +58,12 @@ def check_launch(fsdp: bool) -> None:
             "--fsdp shards the model over processes started by torchrun, and this is a plain process: "
             "launch with `torchrun --nproc_per_node N $(which ditlab) train ... --fsdp`, or drop --fsdp"
         )
+    if fsdp:
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2, torch >= 2.6)
+        except ImportError:
+            raise ConfigError(f"--fsdp needs PyTorch >= 2.6 (FSDP2), this is {torch.__version__}: "
+                              f"upgrade torch, or drop --fsdp (DDP)") from None
 
 
 def init_distributed(device: torch.device, need_group: bool = False) -> DistInfo:

@@ -120,6 +120,12 @@ def _autocast(config: TrainConfig, device: torch.device):
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _grad_scaler(enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 def _torch_at_least(major: int, minor: int) -> bool:
     version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
     return version >= (major, minor)
@@ -219,7 +225,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         train_model = torch.compile(model)
     if info.enabled and not config.fsdp:
         train_model = wrap_ddp(train_model, info)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.autocast == "fp16")  # fp16 gradients underflow
+    scaler = _grad_scaler(config.autocast == "fp16")  # fp16 gradients underflow without loss scaling
     autocast = _autocast(config, device)
 
     def net(x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
