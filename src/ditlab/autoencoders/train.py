@@ -142,7 +142,7 @@ def train_autoencoder(
     latent_channels: int = 4,
     steps: int = 1600,
     batch_size: int = 16,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     kl_weight: float = 1e-5,
     seed: int = 0,
     progress: bool = True,
