@@ -131,3 +131,23 @@ def test_train_vae_bad_data_and_output(tmp_path, capsys):
     assert main(["train-vae", "digits", "--out", str(busy), "--image-size", "8"]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable image")
+def test_train_vae_on_an_image_folder_reports_skipped_files(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    argv = ["train-vae", str(tmp_path / "imgs"), "--out", str(tmp_path / "vae"), "--image-size", "8",
+            "--downsample", "2", "--steps", "4", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s)" in out and "broken.png" in out
+    ae = load_autoencoder(tmp_path / "vae", channels=3)
+    assert ae.encode(torch.zeros(1, 3, 8, 8)).shape == (1, 4, 4, 4)
