@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-channels", type=int, default=4, help="latent channels (default 4)")
     parser.add_argument("--steps", type=int, default=1600, help="optimizer steps (default 1600)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (default 16: more, smaller steps train faster)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     parser.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the KL term (default 1e-5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding processes for folders (default 2)")
