@@ -17,8 +17,8 @@ cores of a machine of one's own. The ditlab step is also broken down by replayin
 attention kernels alone: what is left is elementwise work, norms, GELU and AdamW.
 
 Scales: ``paper`` = DiT-S/2 and DiT-B/2 at 256x256 (32x32x4 latents), learned sigma, 1000 classes,
-batch 8; ``demo`` = the ``mnist`` preset's model (depth 6, width 256, 4 heads, patch 2) on its 8x8x4
-latents, 10 classes, batch 128. ``--ablations`` adds ditlab rows with each speed switch flipped:
+batch 8; ``demo`` = the ``mnist`` preset's model and batch, read from the preset (4 blocks, width 192,
+3 heads, patch 2, 8x8x4 latents, 10 classes, batch 64). ``--ablations`` adds ditlab rows with each speed switch flipped:
 gradient checkpointing, and plain (unfused) attention instead of SDPA. ``--compile`` adds a
 torch.compile row.
 
@@ -52,6 +52,7 @@ class Geometry:
     channels: int
     classes: int
     batch: int
+    learn_sigma: bool = True
 
 
 def geometries(scale: str) -> list[Geometry]:
@@ -66,7 +67,7 @@ def geometries(scale: str) -> list[Geometry]:
         p = PRESETS["mnist"]
         side = p["image_size"] // p["vae_downsample"]
         out.append(Geometry("mnist demo", p["model"], p["depth"], p["hidden_size"], p["num_heads"], p["patch_size"],
-                            side, p["vae_latent_channels"], 10, p["global_batch_size"]))
+                            side, p["vae_latent_channels"], 10, p["global_batch_size"], p["learn_sigma"]))
     return out
 
 
@@ -77,7 +78,7 @@ def build_ditlab(g: Geometry, device: str | torch.device = "cpu", **options) -> 
 
     model = create_model(g.model, input_size=g.side, in_channels=g.channels, num_classes=g.classes,
                          depth=g.depth, hidden_size=g.hidden, num_heads=g.heads, patch_size=g.patch,
-                         learn_sigma=True, class_dropout_prob=0.0, device=device, **options)
+                         learn_sigma=g.learn_sigma, class_dropout_prob=0.0, device=device, **options)
     if str(device) != "meta":
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():

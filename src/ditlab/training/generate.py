@@ -70,10 +70,13 @@ def generate(
 
 def check_sampling(process, sampler: str | None, steps: int) -> None:
     """Raise ProcessError for a sampler or step count ``process`` cannot run, before any work starts."""
-    from ditlab.diffusion.common import check_choice
+
+    from ditlab.errors import ProcessError
 
     sampler = sampler or process.default_sampler
-    check_choice(f"sampler for {process.kind}", sampler, process.samplers)
+    if sampler not in process.samplers:
+        raise ProcessError(f"sampler {sampler!r} does not run the {process.kind} process: pass --sampler with one of "
+                           f"{', '.join(process.samplers)}")
     if process.kind == "flow":
         process.sampling_times(steps)
     else:

@@ -182,6 +182,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     # states a checkpoint stores are the seed's, not the operating system's.
     ckpt.seed_all(config.seed)
 
+    process = build_process(config)
+    check_sampling(process, config.sampler or None, config.sample_steps)  # now, not after training
+
     # ---- data and latent space
     dataset = None
     if config.latents:
@@ -191,9 +194,7 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
         source, autoencoder, num_classes, latent_shape = _data_source(config, dataset, run_dir, info, local_batch, device, log)
         image_channels = int(getattr(dataset, "channels", 3))
 
-    # ---- model, process, optimiser
-    process = build_process(config)
-    check_sampling(process, config.sampler or None, config.sample_steps)  # now, not after training
+    # ---- model and optimiser (the process first: a sampler it cannot run fails before the autoencoder trains)
     model = build_model(config, latent_shape, num_classes, process).to(device)
     # Labels are dropped here for the global batch (draw_step), not per rank inside the model.
     drop_prob = config.class_dropout_prob if getattr(model, "y_embedder", None) is not None else 0.0
