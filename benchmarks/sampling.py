@@ -32,7 +32,7 @@ def ditlab_sampler(model, g: tb.Geometry, steps: int, noise: torch.Tensor, y: to
     """A function that runs ditlab's guided sampler once."""
     from ditlab.diffusion import create_process
 
-    process = create_process("ddpm", learn_sigma=True)
+    process = create_process("ddpm", learn_sigma=g.learn_sigma)
     null = torch.full_like(y, g.classes)
 
     def run() -> torch.Tensor:

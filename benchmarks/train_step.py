@@ -132,7 +132,7 @@ def make_batch(g: Geometry, seed: int = 0):
     x = torch.randn(g.batch, g.channels, g.side, g.side, generator=gen)
     t = torch.randint(0, 1000, (g.batch,), generator=gen).float()
     y = torch.randint(0, g.classes, (g.batch,), generator=gen)
-    target = torch.randn(g.batch, 2 * g.channels, g.side, g.side, generator=gen)
+    target = torch.randn(g.batch, (2 if g.learn_sigma else 1) * g.channels, g.side, g.side, generator=gen)
     return x, t, y, target
 
 
