@@ -78,18 +78,21 @@ def _manual_attention(x, ctx, w, b, proj_w, proj_b, heads, mask=None, qnorm=None
     return out.transpose(1, 2).reshape(x.shape) @ proj_w.T + proj_b
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_self_attention_closed_form(qk_norm):
+@pytest.mark.parametrize("grad", [True, False], ids=["training-one-qkv-gemm", "sampling-three-gemms"])
+@pytest.mark.parametrize("qk_norm,bias", [(False, True), (True, True), (False, False)])
+def test_self_attention_closed_form(qk_norm, bias, grad):
     torch.manual_seed(0)
-    attn = Attention(32, 4, qk_norm=qk_norm)
+    attn = Attention(32, 4, qk_norm=qk_norm, qkv_bias=bias)
     if qk_norm:
         with torch.no_grad():
             attn.q_norm.weight.uniform_(0.5, 1.5)
             attn.k_norm.weight.uniform_(0.5, 1.5)
     x = torch.randn(2, 7, 32)
-    ref = _manual_attention(x, x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, 4,
+    qkv_bias = attn.qkv.bias if bias else torch.zeros(96)
+    ref = _manual_attention(x, x, attn.qkv.weight, qkv_bias, attn.proj.weight, attn.proj.bias, 4,
                             qnorm=attn.q_norm if qk_norm else None, knorm=attn.k_norm if qk_norm else None)
-    torch.testing.assert_close(attn(x), ref, atol=1e-5, rtol=1e-5)
+    with torch.set_grad_enabled(grad):  # the two paths of the self-attention projection
+        torch.testing.assert_close(attn(x), ref.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_cross_attention_with_padding_mask():

@@ -159,7 +159,13 @@ class Attention(nn.Module):
     ) -> Tensor:
         n, t, d = x.shape
         if context is None:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D)
+            if torch.is_grad_enabled():
+                q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D): one GEMM, the faster in training
+            else:  # sampling: one GEMM per row block of the same weight; same numbers, q/k/v contiguous,
+                # ~5% faster for DiT-B/2 at 256 px on CPU (docs/performance.md)
+                w, b = self.qkv.weight, self.qkv.bias
+                q, k, v = (F.linear(x, w[i * d:(i + 1) * d], None if b is None else b[i * d:(i + 1) * d])
+                           for i in range(3))
             mask = None
         else:
             w, b = self.qkv.weight, self.qkv.bias
