@@ -96,7 +96,7 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo: a class-conditional latent DiT on built-in MNIST, minutes on a laptop CPU.
-    # Chosen by measurement (docs/demo.md): see README "What the demo trains".
+    # Chosen by measurement: see README, "What the demo trains, and why".
     "mnist": dict(
         run_dir="runs/mnist",
         data="mnist",
