@@ -154,6 +154,12 @@ class Attention(nn.Module):
         n, t, _ = x.shape
         return x.view(n, t, self.num_heads, self.head_dim).transpose(1, 2)  # (N, H, T, d)
 
+    def _project(self, x: Tensor, first: int, last: int) -> Tensor:
+        """x through row blocks ``first:last`` of the fused qkv projection (0 = q, 1 = k, 2 = v)."""
+        w, b = self.qkv.weight, self.qkv.bias
+        d = w.shape[1]  # the model width: each of q, k, v is d rows of the fused weight
+        return F.linear(x, w[first * d:last * d], None if b is None else b[first * d:last * d])
+
     def forward(
         self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
     ) -> Tensor:
@@ -163,14 +169,11 @@ class Attention(nn.Module):
                 q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D): one GEMM, the faster in training
             else:  # sampling: one GEMM per row block of the same weight; same numbers, q/k/v contiguous,
                 # ~5% faster for DiT-B/2 at 256 px on CPU (docs/performance.md)
-                w, b = self.qkv.weight, self.qkv.bias
-                q, k, v = (F.linear(x, w[i * d:(i + 1) * d], None if b is None else b[i * d:(i + 1) * d])
-                           for i in range(3))
+                q, k, v = (self._project(x, i, i + 1) for i in range(3))
             mask = None
         else:
-            w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x, w[:d], None if b is None else b[:d])  # (N, T, D)
-            k, v = F.linear(context, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)  # (N, L, D)
+            q = self._project(x, 0, 1)  # (N, T, D)
+            k, v = self._project(context, 1, 3).chunk(2, dim=-1)  # (N, L, D)
             mask = None if context_mask is None else context_mask[:, None, None, :].bool()
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, T|L, d)
         q, k = self.q_norm(q), self.k_norm(k)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ditlab.errors import UserError
+from ditlab.errors import ProcessError, UserError
 
 
 @torch.no_grad()
@@ -70,9 +70,6 @@ def generate(
 
 def check_sampling(process, sampler: str | None, steps: int) -> None:
     """Raise ProcessError for a sampler or step count ``process`` cannot run, before any work starts."""
-
-    from ditlab.errors import ProcessError
-
     sampler = sampler or process.default_sampler
     if sampler not in process.samplers:
         raise ProcessError(f"sampler {sampler!r} does not run the {process.kind} process: pass --sampler with one of "

@@ -204,7 +204,8 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     if config.fsdp:  # the EMA is sharded like the model, so its update stays a local lerp of shards
         fsdp_shard(model, info)
         fsdp_shard(ema.shadow, info)
-    # fused: one pass over each parameter instead of a dozen (5x faster step on CPU, the same update)
+    # fused: one pass over each parameter instead of a dozen (the same update; a DiT-S/2 AdamW step
+    # measured 0.11 -> 0.03 s on this project's 2-core CPU)
     fused = device.type == "cuda" or (device.type == "cpu" and _torch_at_least(2, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=fused or None)
