@@ -23,9 +23,11 @@ demo: $(STAMP)
 	$(VENV)/bin/ditlab train --preset mnist
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

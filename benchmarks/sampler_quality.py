@@ -77,7 +77,8 @@ def run(process, sampler: str, nfe: int, noise, labels, cfg: float, seed: int) -
     torch.manual_seed(seed)  # the stochastic samplers' noise
     kwargs = {}
     if cfg != 1.0:
-        kwargs = dict(model_kwargs={"y": labels}, cfg_scale=cfg, uncond_model_kwargs={"y": torch.full_like(labels, NULL)})
+        kwargs = dict(model_kwargs={"y": labels}, cfg_scale=cfg,
+                      uncond_model_kwargs={"y": torch.full_like(labels, NULL)})
     return process.sample(model, noise, sampler=sampler, steps=steps, **kwargs)
 
 
@@ -105,7 +106,7 @@ def main() -> None:
 
     guided_refs = {}
     if not args.no_guidance:
-        for (kind, sampler), (ref_sampler, ref_nfe) in REFERENCE.items():
+        for (kind, _sampler), (ref_sampler, ref_nfe) in REFERENCE.items():
             key = (kind, ref_sampler, ref_nfe)
             if key not in guided_refs:
                 ref = run(processes[kind], ref_sampler, ref_nfe, ref_noise, labels, args.cfg, seed=99)
@@ -157,8 +158,8 @@ def summary(processes, directions, g, n: int, repeats: int) -> None:
         ddpm = sliced_w1(run(processes["ddpm"], "ddpm", 250, noise, None, 1.0, seed=10 + r), exact, directions)
         floor = sliced_w1(MIXTURE.sample(n, g), exact, directions)
         rows.append((dpm, ddpm, floor))
-        print(f"summary draw {r}: n = {n}, DPM-Solver++(2M) 20 NFE {dpm:.4f}, DDPM 250 NFE {ddpm:.4f}, floor {floor:.4f}",
-              flush=True)
+        print(f"summary draw {r}: n = {n}, DPM-Solver++(2M) 20 NFE {dpm:.4f}, DDPM 250 NFE {ddpm:.4f}, "
+              f"floor {floor:.4f}", flush=True)
     t = torch.tensor(rows, dtype=torch.float64)  # (repeats, 3)
     mean = t.mean(0)
     diff = t[:, 0] - t[:, 1]

@@ -80,7 +80,8 @@ def bench_geometry(g: tb.Geometry, rounds: int, steps: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(g.batch, g.channels, g.side, g.side, generator=gen)
     y = torch.randint(0, g.classes, (g.batch,), generator=gen)
-    runs = {"ditlab": ditlab_sampler(ours, g, steps, noise, y), "diffusers": diffusers_sampler(theirs, g, steps, noise, y)}
+    runs = {"ditlab": ditlab_sampler(ours, g, steps, noise, y),
+            "diffusers": diffusers_sampler(theirs, g, steps, noise, y)}
     for fn in runs.values():
         fn()  # warm-up
     fwd, _ = tb.forward_flops(g)
@@ -99,8 +100,8 @@ def bench_geometry(g: tb.Geometry, rounds: int, steps: int) -> dict:
             "run_s": statistics.median(ts),
             "per_step_s": statistics.median(ts) / steps,
             "images_per_s": g.batch / statistics.median(ts),
-            "roofline": statistics.median([flops / t / m for t, m in zip(ts, roof)]),
-            "ratio_vs_ditlab": statistics.median([t / o for t, o in zip(ts, times["ditlab"])]),
+            "roofline": statistics.median([flops / t / m for t, m in zip(ts, roof, strict=True)]),
+            "ratio_vs_ditlab": statistics.median([t / o for t, o in zip(ts, times["ditlab"], strict=True)]),
         }
     return {"geometry": g.__dict__, "steps": steps, "forward_gflops_per_sample": fwd / 1e9,
             "matmul_gflops_median": statistics.median(roof) / 1e9, "rows": rows}
@@ -125,7 +126,8 @@ def report(result: dict) -> str:
     g = result["geometry"]
     lines = [
         f"{g['label']}: batch {g['batch']} (forward batch {2 * g['batch']}), {result['steps']} DDIM steps, cfg {CFG}; "
-        f"{result['forward_gflops_per_sample']:.2f} GFLOP fwd/sample; matmul {result['matmul_gflops_median']:.1f} GFLOP/s",
+        f"{result['forward_gflops_per_sample']:.2f} GFLOP fwd/sample; "
+        f"matmul {result['matmul_gflops_median']:.1f} GFLOP/s",
         "| sampler loop | run (s) | per step (s) | images/s | diffusers time / this | roofline |",
         "|---|---:|---:|---:|---:|---:|",
     ]

@@ -82,7 +82,7 @@ def build_ditlab(g: Geometry, device: str | torch.device = "cpu", **options) -> 
     if str(device) != "meta":
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 if p.requires_grad and not p.any():
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     return model
@@ -269,7 +269,7 @@ def _gemm_flops(func_name: str, args) -> float:
     return 2.0 * b * m * k * n
 
 
-def kernel_breakdown(step: "TrainStep", reps: int = 2) -> dict:
+def kernel_breakdown(step: TrainStep, reps: int = 2) -> dict:
     """Replay the GEMMs and attention kernels of one step alone (same shapes, strides and arguments):
     their time is the part of the step no elementwise or optimiser work adds to."""
     recorder = _KernelRecorder()
@@ -336,14 +336,14 @@ def bench_geometry(g: Geometry, rounds: int, ablations: bool, compile_: bool) ->
         print(f"  round {r + 1}/{rounds}: {mid}, matmul {roof[-1] / 1e9:.1f} GFLOP/s", flush=True)
     rows = {}
     for name, ts in times.items():
-        fractions = [train_flops / t / m for t, m in zip(ts, roof)]
+        fractions = [train_flops / t / m for t, m in zip(ts, roof, strict=True)]
         rows[name] = {
             "step_s": statistics.median(ts),
             "samples_per_s": g.batch / statistics.median(ts),
             "roofline": statistics.median(fractions),
             "roofline_without_attention_flops": statistics.median(
-                [3 * (fwd - attn) * g.batch / t / m for t, m in zip(ts, roof)]),
-            "ratio_vs_ditlab": statistics.median([t / o for t, o in zip(ts, times["ditlab"])]),
+                [3 * (fwd - attn) * g.batch / t / m for t, m in zip(ts, roof, strict=True)]),
+            "ratio_vs_ditlab": statistics.median([t / o for t, o in zip(ts, times["ditlab"], strict=True)]),
             "saved_activations_mb": memory.get(name, float("nan")) / 2**20,
         }
     kernels["gemm_rate_vs_matmul"] = kernels["gemm_flops"] / kernels["gemm_s"] / statistics.median(roof)
@@ -364,11 +364,13 @@ def report(result: dict) -> str:
     lines = [
         f"{g['label']}: {g['model']} depth {g['depth']} width {g['hidden']} heads {g['heads']} "
         f"tokens {(g['side'] // g['patch']) ** 2} batch {g['batch']}; "
-        f"{result['forward_gflops_per_sample']:.2f} GFLOP fwd/sample ({100 * result['attention_share']:.0f}% attention); "
+        f"{result['forward_gflops_per_sample']:.2f} GFLOP fwd/sample "
+        f"({100 * result['attention_share']:.0f}% attention); "
         f"matmul {result['matmul_gflops_median']:.1f} GFLOP/s; same function: max |diff| "
         f"{result['same_function_max_abs_diff']:.1e}; params+grads+AdamW {result['state_mb']['ditlab']:.0f} MB "
         f"(diffusers {result['state_mb']['diffusers']:.0f} MB)",
-        "| variant | step (s) | samples/s | diffusers time / this | roofline | (w/o attn FLOPs) | saved activations (MB) |",
+        "| variant | step (s) | samples/s | diffusers time / this | roofline | (w/o attn FLOPs) "
+        "| saved activations (MB) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     ref = result["rows"]["ditlab"]["step_s"]

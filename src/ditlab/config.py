@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ditlab.errors import ConfigError
 
@@ -28,9 +28,9 @@ class TrainConfig:
     # --- data ---
     data: str = "mnist"  # mnist | digits | path to an image folder
     image_size: int = 32
-    flip: Optional[bool] = None  # None: the dataset's default (on for folders, off for digits)
+    flip: bool | None = None  # None: the dataset's default (on for folders, off for digits)
     num_workers: int = 2
-    latents: Optional[str] = None  # a latent cache made by `ditlab extract-latents`
+    latents: str | None = None  # a latent cache made by `ditlab extract-latents`
     # --- autoencoder (latent space) ---
     autoencoder: str = "auto"  # auto (train ditlab's KL-VAE for this data) | pixel | path | hub id
     vae_downsample: int = 4
@@ -42,10 +42,10 @@ class TrainConfig:
     vae_sample_posterior: bool = False
     # --- model ---
     model: str = "DiT-S/2"
-    depth: Optional[int] = None
-    hidden_size: Optional[int] = None
-    num_heads: Optional[int] = None
-    patch_size: Optional[int] = None
+    depth: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
     block: str = "adaLN-Zero"
     qk_norm: bool = False
     class_dropout_prob: float = 0.1

@@ -142,7 +142,8 @@ def test_train_vae_on_an_image_folder_reports_skipped_files(tmp_path, capsys):
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+            image = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+            image.save(tmp_path / "imgs" / cls / f"{i}.png")
     (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     argv = ["train-vae", str(tmp_path / "imgs"), "--out", str(tmp_path / "vae"), "--image-size", "8",
             "--downsample", "2", "--steps", "4", "--batch-size", "4", "--workers", "0", "--no-progress"]

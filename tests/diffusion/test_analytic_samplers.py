@@ -66,7 +66,7 @@ def test_deterministic_samplers_on_gaussian_converge_at_their_order(spec, sample
         assert float((mean - MEAN.double()).norm()) <= (0.01 if process.kind == "ddpm" else 1e-9)
         errors.append(err)
     # The error falls by at least about 2^order per doubling of steps.
-    ratios = [b / a for a, b in zip(errors, errors[1:])]
+    ratios = [b / a for a, b in zip(errors, errors[1:], strict=False)]
     assert max(ratios) < (0.65 if order == 1 else 0.4), ratios
 
 
@@ -116,7 +116,8 @@ def test_ode_samplers_on_a_mixture_converge_pathwise():
         p = create_process(kind, learn_sigma=False) if kind == "ddpm" else create_process(kind)
         model = model_for(p, data)
         ref = p.sample(model, noise, sampler=ref_sampler, steps=ref_steps)
-        errors = [float((p.sample(model, noise, sampler=sampler, steps=s) - ref).norm(dim=1).mean()) for s in (10, 20, 40)]
+        errors = [float((p.sample(model, noise, sampler=sampler, steps=s) - ref).norm(dim=1).mean())
+                  for s in (10, 20, 40)]
         assert errors[-1] < (0.05 if order == 1 else 0.01), (sampler, errors)
         assert errors[2] / errors[1] < (0.65 if order == 1 else 0.45), (sampler, errors)
 
@@ -165,8 +166,9 @@ def test_the_analytic_denoiser_is_bayes_rule():
     data = GaussianMixture(torch.tensor([[-1.0], [0.7]]), torch.tensor([[[0.2]], [[0.05]]]), [0.3, 0.7])
     prior = lambda z: 0.3 * stats.norm.pdf(z, -1.0, 0.2**0.5) + 0.7 * stats.norm.pdf(z, 0.7, 0.05**0.5)  # noqa: E731
     for a, s, x in ((0.9, 0.4, 0.2), (0.3, 0.95, -0.8), (0.99, 0.1, 0.65)):
-        lik = lambda z: prior(z) * stats.norm.pdf(x, a * z, s)  # noqa: E731
-        x0_mean = integrate.quad(lambda z: z * lik(z), -6, 6, points=[-1, 0.7])[0] / integrate.quad(lik, -6, 6, points=[-1, 0.7])[0]
+        lik = lambda z, x=x, a=a, s=s: prior(z) * stats.norm.pdf(x, a * z, s)  # noqa: E731
+        x0_mean = (integrate.quad(lambda z, lik=lik: z * lik(z), -6, 6, points=[-1, 0.7])[0]
+                   / integrate.quad(lik, -6, 6, points=[-1, 0.7])[0])
         eps = data.posterior_eps(torch.tensor([[x]], dtype=torch.float64), a, s)
         assert float((x - s * eps) / a) == pytest.approx(x0_mean, rel=1e-5, abs=1e-7)  # quadrature accuracy
     sample = data.sample(400_000, torch.Generator().manual_seed(0))

@@ -85,7 +85,8 @@ def test_every_sampler_runs_with_callback_and_original_times(kind):
     for sampler in p.samplers:
         model = toy_model(p.learn_sigma)
         calls = []
-        x = p.sample(model, torch.randn(2, 3, 4, 4), sampler=sampler, steps=5, callback=lambda i, n: calls.append((i, n)))
+        x = p.sample(model, torch.randn(2, 3, 4, 4), sampler=sampler, steps=5,
+                     callback=lambda i, n, calls=calls: calls.append((i, n)))
         assert x.shape == (2, 3, 4, 4) and torch.isfinite(x).all()
         assert calls == [(i, 5) for i in range(5)]
         ts = torch.cat(model.seen)

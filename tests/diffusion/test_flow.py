@@ -61,7 +61,7 @@ def test_heun_uses_two_evaluations_per_step_and_euler_maruyama_one():
     for sampler, per_step in (("euler", 1), ("heun", 2), ("euler_maruyama", 1)):
         calls = []
 
-        def model(x, t):
+        def model(x, t, calls=calls):
             calls.append(float(t[0]))
             return x
 
@@ -74,5 +74,6 @@ def test_flow_option_errors():
         with pytest.raises(ProcessError):
             create_process("flow", **bad)
     with pytest.raises(ProcessError, match="noise_scale"):
-        create_process("flow").sample(lambda x, t: x, torch.randn(2, 3), sampler="euler", sampler_options={"noise_scale": 1.0})
+        create_process("flow").sample(lambda x, t: x, torch.randn(2, 3), sampler="euler",
+                                      sampler_options={"noise_scale": 1.0})
     assert math.isclose(create_process("flow", shift=2).to_dict()["shift"], 2.0)

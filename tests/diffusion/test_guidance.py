@@ -32,7 +32,8 @@ def test_one_batched_forward_cond_first_and_the_combination_rule():
     out = guided(x, t)
     assert len(model.calls) == 1
     xs, ts, ys = model.calls[0]
-    assert torch.equal(xs, torch.cat([x, x])) and torch.equal(ys, torch.cat([y, null])) and torch.equal(ts, torch.cat([t, t]))
+    assert (torch.equal(xs, torch.cat([x, x])) and torch.equal(ys, torch.cat([y, null]))
+            and torch.equal(ts, torch.cat([t, t])))
     cond, uncond = model(x, t, y), model(x, t, null)
     torch.testing.assert_close(out[:, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]))
     torch.testing.assert_close(out[:, 4:], cond[:, 4:])  # the variance comes from the conditional half
@@ -66,7 +67,8 @@ def test_guidance_channels_3_reproduces_the_official_dit_sampler():
     def doubled(x, t, y):
         return official_dit_forward_with_cfg(model, x, t, y, 4.0)
 
-    theirs = p.sample(doubled, both, sampler="ddpm", steps=8, model_kwargs={"y": torch.cat([y, null])}, generators=gens2)
+    theirs = p.sample(doubled, both, sampler="ddpm", steps=8, model_kwargs={"y": torch.cat([y, null])},
+                      generators=gens2)
     torch.testing.assert_close(ours, theirs[:2])
     # Guiding all channels (the default) differs in the 4th channel.
     all_channels = p.sample(model, z, sampler="ddim", steps=8, model_kwargs={"y": y}, cfg_scale=4.0,
@@ -104,8 +106,8 @@ def test_guidance_interval(kind):
 
 def test_guidance_interval_is_per_sample():
     model = Recorder()
-    guided = classifier_free_guidance(model, {"y": torch.ones(2)}, cfg_scale=3.0, uncond_model_kwargs={"y": torch.zeros(2)},
-                                      guidance_interval=(0.0, 0.5))
+    guided = classifier_free_guidance(model, {"y": torch.ones(2)}, cfg_scale=3.0,
+                                      uncond_model_kwargs={"y": torch.zeros(2)}, guidance_interval=(0.0, 0.5))
     x, t = torch.randn(2, 2, 2, 2), torch.tensor([0.3, 0.8])
     out = guided(x, t)
     c, u = model(x, t, torch.ones(2)), model(x, t, torch.zeros(2))
@@ -121,4 +123,5 @@ def test_guidance_errors():
         p.sample(model, x, model_kwargs={"y": torch.ones(2)}, cfg_scale=2.0,
                  uncond_model_kwargs={"y": torch.zeros(2)}, guidance_channels=5)
     with pytest.raises(ProcessError, match="keys"):
-        p.sample(model, x, steps=2, model_kwargs={"y": torch.ones(2)}, cfg_scale=2.0, uncond_model_kwargs={"z": torch.zeros(2)})
+        p.sample(model, x, steps=2, model_kwargs={"y": torch.ones(2)}, cfg_scale=2.0,
+                 uncond_model_kwargs={"z": torch.zeros(2)})

@@ -44,7 +44,8 @@ def _hand_vlb(p, x0, x_t, t, eps_hat, var_values):
     x0_hat = (x_t - np.sqrt(1 - acp[t]) * eps_hat) / np.sqrt(acp[t])
 
     def post_mean(x_start):
-        return (np.sqrt(acp_prev[t]) * betas[t] * x_start + np.sqrt(1 - betas[t]) * (1 - acp_prev[t]) * x_t) / (1 - acp[t])
+        return (np.sqrt(acp_prev[t]) * betas[t] * x_start
+                + np.sqrt(1 - betas[t]) * (1 - acp_prev[t]) * x_t) / (1 - acp[t])
 
     frac = (var_values + 1) / 2
     model_log_var = frac * np.log(betas[t]) + (1 - frac) * log_post_clipped[t]
@@ -55,7 +56,8 @@ def _hand_vlb(p, x0, x_t, t, eps_hat, var_values):
         lower = np.where(x0 < -0.999, -np.inf, x0 - 1 / 255)
         return -np.mean(np.log(stats.norm.cdf(upper, m_model, sd) - stats.norm.cdf(lower, m_model, sd))) / np.log(2)
     lv_true = log_post_clipped[t]
-    kl = 0.5 * (-1 + model_log_var - lv_true + np.exp(lv_true - model_log_var) + (m_true - m_model) ** 2 * np.exp(-model_log_var))
+    kl = 0.5 * (-1 + model_log_var - lv_true + np.exp(lv_true - model_log_var)
+                + (m_true - m_model) ** 2 * np.exp(-model_log_var))
     return np.mean(kl) / np.log(2)
 
 

@@ -8,7 +8,12 @@ import torch.distributed as dist
 
 from ditlab.models import create_model
 from ditlab.training.distributed import (
-    DistInfo, fsdp_shard, full_model_state, full_optimizer_state, is_sharded, load_model_state,
+    DistInfo,
+    fsdp_shard,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_model_state,
     load_optimizer_state,
 )
 from ditlab.training.ema import EMA

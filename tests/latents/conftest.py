@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from latent_fakes import make_image_folder
 
 # The Stable Diffusion VAE geometry (KL-f8): what DiT trains in.
@@ -31,7 +30,7 @@ def make_vae(config: dict, seed: int = 0):
     vae.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, module in vae.named_modules():
+        for _name, module in vae.named_modules():
             weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
             if isinstance(module, torch.nn.GroupNorm):
                 weight.fill_(1.0), bias.zero_()

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import SD_VAE_CONFIG, TINY_VAE_CONFIG, make_vae
+
 from ditlab.autoencoders import load_autoencoder
 from ditlab.autoencoders.diffusers_vae import DiffusersVAE, load_diffusers_vae
 from ditlab.cli import main

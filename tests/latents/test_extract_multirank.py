@@ -11,13 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from latent_fakes import FakeAutoencoder, cache_arrays, extraction_worker
+
 from ditlab.cli import main
 from ditlab.commands.extract_latents import extract_latents
 from ditlab.data import build_dataset
 from ditlab.data.latent_cache import LatentCache
-
 
 # Runs the CLI with the shard writer wrapped so that the process SIGKILLs itself after the first shard.
 _KILLED_AFTER_FIRST_SHARD = """

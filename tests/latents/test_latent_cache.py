@@ -7,9 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from latent_fakes import FailingDataset, FakeAutoencoder, cache_arrays, make_image_folder
+
 from ditlab.commands.extract_latents import extract_latents
 from ditlab.data import build_dataset
 from ditlab.data.latent_cache import LatentCache
@@ -173,9 +172,11 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path, image_folder):
 def test_unreadable_images_are_counted_skipped_and_reported(tmp_path, image_folder):
     folder = shutil.copytree(image_folder, tmp_path / "data")
     (folder / "b" / "002.png").write_bytes(b"not a png")
-    with pytest.warns(UserWarning, match="unreadable"):
-        with pytest.raises(DataError, match=r"1 of 10 images are unreadable \(first: .*002.png\).*--max-bad-fraction 0.1"):
-            _extract(folder, tmp_path / "c")
+    with (
+        pytest.warns(UserWarning, match="unreadable"),
+        pytest.raises(DataError, match=r"1 of 10 images are unreadable \(first: .*002.png\).*--max-bad-fraction 0.1"),
+    ):
+        _extract(folder, tmp_path / "c")
     with pytest.raises(DataError, match="incomplete"):  # no partial cache that looks complete
         LatentCache.open(tmp_path / "c")
     _, ae = _extract(folder, tmp_path / "c", max_bad_fraction=0.1)

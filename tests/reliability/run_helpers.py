@@ -5,8 +5,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,7 +33,8 @@ class Training:
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.out_path = self.run_dir.parent / f"{self.run_dir.name}.{tag}.out"
         self.err_path = self.run_dir.parent / f"{self.run_dir.name}.{tag}.err"
-        self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")
+        # The files must outlive __init__ (the child writes to them until it exits); finish() closes them.
+        self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")  # noqa: SIM115
         argv = [sys.executable, str(EXACT_CLI), *TRAIN, "--run_dir", str(self.run_dir), *extra]
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, env=ENV)
         self.started, self.started_wall = time.monotonic(), time.time()
@@ -121,7 +123,7 @@ def assert_identical(a: Any, b: Any, where: str = "") -> None:
             assert_identical(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), f"lengths differ at {where}"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{a!r} != {b!r} at {where}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from run_helpers import assert_identical, load_checkpoint, logged_losses
 
 from ditlab.autoencoders import load_autoencoder
 from ditlab.cli import main
@@ -13,7 +14,6 @@ from ditlab.models import create_model
 from ditlab.training import checkpoint as ckpt
 from ditlab.training import logger
 from ditlab.training.generate import generate
-from run_helpers import assert_identical, load_checkpoint, logged_losses
 
 SEEDS = [11, 12, 13, 14, 15, 16, 17]
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 1])

@@ -7,9 +7,10 @@ import hashlib
 import resource
 import signal
 
+from run_helpers import assert_identical, load_checkpoint
+
 from ditlab.cli import main
 from ditlab.training import checkpoint as ckpt
-from run_helpers import assert_identical, load_checkpoint
 
 ARGS = ["train", "--preset", "digits-tiny", "--global_batch_size", "16", "--ckpt_every", "2", "--log_every", "1"]
 

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+from run_helpers import assert_identical, load_checkpoint
 from safetensors import SafetensorError
 
 from ditlab.cli import main
 from ditlab.training import checkpoint as ckpt
-from run_helpers import assert_identical, load_checkpoint
 
 ARGS = ["train", "--preset", "digits-tiny", "--global_batch_size", "16", "--ckpt_every", "2", "--log_every", "1"]
 
@@ -83,7 +83,8 @@ def test_io_error_finds_the_cause_behind_wrapped_write_failures():
         try:
             raise full
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # as torch.save does
+            # implicit chaining (only __context__) on purpose, as torch.save does: no `from`
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
     except RuntimeError as wrapped:
         assert ckpt.io_error(wrapped) is full
     found = ckpt.io_error(SafetensorError("Error while serializing: I/O error: File too large (os error 27)"))

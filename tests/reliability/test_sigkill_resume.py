@@ -10,9 +10,9 @@ import signal
 import time
 
 import pytest
+from run_helpers import STEPS, Training, assert_same_training
 
 from ditlab.training import checkpoint as ckpt
-from run_helpers import STEPS, Training, assert_same_training
 
 TRIALS = 5
 

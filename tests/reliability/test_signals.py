@@ -6,11 +6,11 @@ import os
 import signal
 
 import pytest
+from run_helpers import STEPS, Training, assert_same_training, logged_losses
 
 from ditlab.cli import main
 from ditlab.training import checkpoint as ckpt
 from ditlab.training import logger
-from run_helpers import STEPS, Training, assert_same_training, logged_losses
 
 
 @pytest.mark.slow

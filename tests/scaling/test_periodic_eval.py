@@ -6,14 +6,19 @@ import csv
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
+
 from ditlab.cli import main
 from ditlab.config import resolve_config
 from ditlab.errors import ConfigError
 from ditlab.training.checkpoint import latest_checkpoint, load_weights
 from ditlab.training.periodic_eval import (
-    PLOT_NAME, build_scorers, eval_metric_names, eval_samples, read_eval_history, reference_images,
+    PLOT_NAME,
+    build_scorers,
+    eval_metric_names,
+    eval_samples,
+    read_eval_history,
+    reference_images,
 )
 from ditlab.training.setup import load_run
 

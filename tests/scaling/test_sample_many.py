@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scaling_workers import sample_many_worker
 
 from ditlab.cli import main
 from ditlab.commands.sample_many import sample_many, sample_name, write_adm_npz
 from ditlab.training.generate import generate
 from ditlab.training.periodic_eval import eval_samples, sample_labels
 from ditlab.training.setup import load_run
-from scaling_workers import sample_many_worker
 
 
 def _free_port() -> int:

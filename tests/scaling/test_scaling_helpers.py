@@ -38,13 +38,15 @@ def _study():
         models.append({"name": name, "label": name, "depth": 4, "hidden_size": 128, "num_heads": 2,
                        "patch_size": int(name[-1]), "tokens": 64 // int(name[-1]) ** 2, "params": 1_234_567,
                        "gflops": gflops, "evals": [{"step": s, "mnist_fd": v, "mnist_accuracy": 0.5}
-                                                   for s, v in zip((100, 300), values)]})
+                                                   for s, v in zip((100, 300), values, strict=True)]})
     return {"metric": "mnist_fd", "eval_num": 250, "floor": 1.5, "models": models}
 
 
 def test_table_has_one_row_per_model_and_step():
     lines = study_markdown(_study()).splitlines()
-    assert lines[0].startswith("| model | depth | hidden | heads | patch | tokens | params (M) | Gflops | step | mnist_fd")
+    assert lines[0].startswith(
+        "| model | depth | hidden | heads | patch | tokens | params (M) | Gflops | step | mnist_fd"
+    )
     assert len(lines) == 2 + 4
     assert lines[2] == "| DiT-S/4 | 4 | 128 | 2 | 4 | 4 | 1.235 | 0.0200 | 100 | 40.00 | 0.500 |"
 

@@ -1,7 +1,6 @@
 """Checkpoints: atomic writes, latest pointer, pruning, RNG round trip, refusal of damaged files."""
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,7 +13,8 @@ def folder(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+            image = Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8))
+            image.save(tmp_path / "data" / cls / f"{i}.png")
     return tmp_path / "data"
 
 

@@ -65,7 +65,9 @@ def load_autoencoder(spec: str | os.PathLike, *, channels: int | None = None) ->
             try:
                 raw = json.loads(config.read_text())
             except (OSError, ValueError) as err:
-                raise CheckpointError(f"cannot read {config} ({err}): pass a directory written by `ditlab train-vae`") from err
+                raise CheckpointError(
+                    f"cannot read {config} ({err}): pass a directory written by `ditlab train-vae`"
+                ) from err
             kind = raw.get("_class_name") or raw.get("type")
             if kind == "AutoencoderKL":
                 ae = _load_diffusers(text)
@@ -80,7 +82,8 @@ def load_autoencoder(spec: str | os.PathLike, *, channels: int | None = None) ->
             ae = _load_diffusers(text)
         elif path.is_dir():
             raise CheckpointError(
-                f"{path} has no config.json, so it is no autoencoder: pass 'pixel' or a directory written by `ditlab train-vae`"
+                f"{path} has no config.json, so it is no autoencoder: pass 'pixel' or a directory written by "
+                "`ditlab train-vae`"
             )
         else:
             raise CheckpointError(

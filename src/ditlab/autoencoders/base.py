@@ -18,7 +18,9 @@ class Autoencoder(nn.Module):
     scaling_factor: float
     image_channels: int
 
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1] -> scaled latents (N, c, H/d, W/d)."""
         raise NotImplementedError
 
@@ -49,7 +51,9 @@ class PixelAutoencoder(Autoencoder):
         self.scaling_factor = 1.0
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return images.clone()
 
     @torch.no_grad()

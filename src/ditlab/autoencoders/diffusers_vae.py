@@ -93,7 +93,7 @@ def _resolve_hub_id(spec: str) -> Path:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
-        raise UserError(f"autoencoder {spec} is a hub id but huggingface_hub is missing; {how}")
+        raise UserError(f"autoencoder {spec} is a hub id but huggingface_hub is missing; {how}") from None
     config_name = f"{subfolder}/config.json" if subfolder else "config.json"
     found = try_to_load_from_cache(repo_id, config_name)
     if not isinstance(found, str):
@@ -220,14 +220,14 @@ def load_diffusers_vae(
         raise UserError(
             "loading a diffusers AutoencoderKL needs the diffusers package; "
             "pip install 'ditlab[diffusers]'"
-        )
+        ) from None
     try:
         # Without accelerate, diffusers warns and falls back to a plain load; ask for that directly.
         fast = importlib.util.find_spec("accelerate") is not None
         vae = AutoencoderKL.from_pretrained(
             str(folder), local_files_only=True, low_cpu_mem_usage=fast
         )
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"cannot load AutoencoderKL from {folder} ({first[:200]}); check that the folder holds "

@@ -65,7 +65,7 @@ class KLAutoencoderConfig:
         return (int(blocks),) * len(self.channels) if isinstance(blocks, int) else tuple(int(n) for n in blocks)
 
     @classmethod
-    def default(cls, image_channels: int, latent_channels: int, downsample: int) -> "KLAutoencoderConfig":
+    def default(cls, image_channels: int, latent_channels: int, downsample: int) -> KLAutoencoderConfig:
         """The architecture ``train-vae`` uses, chosen by measurement on MNIST (32 px, f4c4) under a
         CPU budget: narrow at full resolution, where every convolution costs the most; 2x2 patch
         resampling; a light encoder (it also encodes the whole dataset once) and the residual
@@ -202,7 +202,9 @@ class KLAutoencoder(Autoencoder):
 
     # -- interface -----------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         mean, logvar = self.posterior(images)
         if sample:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -241,13 +243,13 @@ class KLAutoencoder(Autoencoder):
         cfg["num_res_blocks"] = list(cfg["num_res_blocks"])
         cfg["decoder_res_blocks"] = list(cfg["decoder_res_blocks"])
         # latent_shift lives in the weights file; config.json repeats it for people reading it.
-        cfg = {"type": CONFIG_TYPE, "version": 1, **cfg, "latent_shift": [round(v, 6) for v in self.latent_shift.tolist()],
-               "identity": self.identity()}
+        cfg = {"type": CONFIG_TYPE, "version": 1, **cfg,
+               "latent_shift": [round(v, 6) for v in self.latent_shift.tolist()], "identity": self.identity()}
         _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "KLAutoencoder":
+    def load(cls, path: str | os.PathLike) -> KLAutoencoder:
         """Load a directory written by :meth:`save` (safetensors only, nothing unpickled)."""
         path = Path(path)
         cfg_file, weights = path / "config.json", path / "model.safetensors"
@@ -261,7 +263,9 @@ class KLAutoencoder(Autoencoder):
         except (OSError, ValueError) as err:
             raise CheckpointError(f"cannot read {cfg_file} ({err}): retrain with `ditlab train-vae`") from err
         if raw.get("type") != CONFIG_TYPE:
-            raise CheckpointError(f"{cfg_file} is not a ditlab KL-VAE config: pass a directory written by `ditlab train-vae`")
+            raise CheckpointError(
+                f"{cfg_file} is not a ditlab KL-VAE config: pass a directory written by `ditlab train-vae`"
+            )
         fields = {f.name for f in dataclasses.fields(KLAutoencoderConfig)}
         try:
             config = KLAutoencoderConfig(**{k: v for k, v in raw.items() if k in fields})
@@ -271,7 +275,9 @@ class KLAutoencoder(Autoencoder):
             state.setdefault("latent_shift", torch.zeros(config.latent_channels))
             model.load_state_dict(state)
         except Exception as err:  # wrong shapes, bad header, truncated file
-            raise CheckpointError(f"autoencoder weights in {path} do not load ({type(err).__name__}): retrain with `ditlab train-vae`") from err
+            raise CheckpointError(
+                f"autoencoder weights in {path} do not load ({type(err).__name__}): retrain with `ditlab train-vae`"
+            ) from err
         return model.eval()
 
 

@@ -109,7 +109,9 @@ def reconstruction_error(model, dataset, *, max_images: int = 1000, batch_size: 
 
 
 @torch.no_grad()
-def measure_latents(model: KLAutoencoder, dataset, *, max_images: int = 4096, batch_size: int = 256) -> tuple[torch.Tensor, float]:
+def measure_latents(
+    model: KLAutoencoder, dataset, *, max_images: int = 4096, batch_size: int = 256
+) -> tuple[torch.Tensor, float]:
     """Per-channel mean (c,) and the standard deviation around it of the unscaled posterior means,
     over (up to) ``max_images`` images spread over the dataset."""
     model.eval()
@@ -123,7 +125,9 @@ def measure_latents(model: KLAutoencoder, dataset, *, max_images: int = 4096, ba
         total_sq += mean.pow(2).sum(1)
         count += mean.shape[1]
     if count == 0:
-        raise DataError("no readable images to measure the latent scale on: check the dataset (see the skipped-image warnings)")
+        raise DataError(
+            "no readable images to measure the latent scale on: check the dataset (see the skipped-image warnings)"
+        )
     shift = total / count  # (c,)
     var = (total_sq / count - shift.pow(2)).mean().item()  # pooled variance around each channel's mean
     return shift.float(), math.sqrt(max(var, 1e-12))

@@ -46,7 +46,7 @@ def _load_diffusers_transformer(src: Path):
         )
     try:
         return DiTTransformer2DModel.from_pretrained(str(src), local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load a DiTTransformer2DModel from {src} ({err}): check the directory") from None
 
 

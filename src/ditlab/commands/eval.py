@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         metrics = parse_metrics(args.metrics)
     if ref.kind == "stats" and any(m in ("kid", "pr") for m in metrics):
-        raise DataError(f"REF {ref.path} holds statistics only; KID and precision/recall need images: use --metrics fid")
+        raise DataError(
+            f"REF {ref.path} holds statistics only; KID and precision/recall need images: use --metrics fid"
+        )
     fewest = min(gen.num_images, ref.num_images if ref.kind != "stats" else gen.num_images)
     if "pr" in metrics and fewest <= args.pr_k:  # checked now, not after minutes of Inception
         if args.metrics is not None:

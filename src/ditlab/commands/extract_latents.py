@@ -101,7 +101,7 @@ def _dataset_fingerprint(dataset) -> str:
     files = getattr(dataset, "files", None)
     if files is not None:
         root = str(getattr(dataset, "root", ""))
-        for f, label in zip(files, dataset.labels.tolist()):
+        for f, label in zip(files, dataset.labels.tolist(), strict=True):
             h.update(f"{os.path.relpath(f, root) if root else f}\t{label}\n".encode())
     else:
         h.update(f"{getattr(dataset, 'name', type(dataset).__name__)}:{len(dataset)}\n".encode())
@@ -207,7 +207,8 @@ def extract_latents(
     if image_size % autoencoder.downsample:
         raise ConfigError(
             f"--image-size {image_size} is not a multiple of the autoencoder's downsampling factor "
-            f"{autoencoder.downsample}; pick e.g. {max(1, image_size // autoencoder.downsample) * autoencoder.downsample}"
+            f"{autoencoder.downsample}; "
+            f"pick e.g. {max(1, image_size // autoencoder.downsample) * autoencoder.downsample}"
         )
     root = Path(out).expanduser()
     device = torch.device(device)
@@ -266,7 +267,10 @@ def extract_latents(
     index = lc.finalize(root, plan, receipts) if rank == 0 else None
     barrier()  # the index is in place on every rank's return
     if rank == 0:
-        note = f"; skipped {len(bad)} unreadable image(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else ""
+        note = (
+            f"; skipped {len(bad)} unreadable image(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+            if bad else ""
+        )
         print(f"extract-latents: wrote {n - len(bad)} latents x 2 flips {latent_shape} {dtype} to {root}{note}",
               file=sys.stderr)
     return index if index is not None else lc.read_json(root / lc.INDEX)
@@ -292,7 +296,7 @@ def _encode_shards(dataset, autoencoder, root, ranges, todo, latent_shape, batch
     np_dtype = np.dtype(dtype)
     shard_rows, items, labels, bad = [], [], [], []
     try:
-        for (k, idx), (good, images, labs, bad_idx) in zip(batches, loader):
+        for (k, idx), (good, images, labs, bad_idx) in zip(batches, loader, strict=True):
             if images is not None:
                 x = images.to(device, non_blocking=True)
                 x = torch.cat([x, x.flip(-1)])  # (2B, C, H, W): the images, then their mirror images

@@ -89,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
         for i, image in enumerate(images):
             suffix = f"_class{int(labels[i])}" if run_.num_classes else ""
             save_png(image, folder / f"{i:06d}{suffix}.png")
-    print(f"wrote {args.num} samples: {out}" + (f", {npz}" if npz else "") + (f", {args.out_dir}/" if args.out_dir else ""))
+    print(f"wrote {args.num} samples: {out}" + (f", {npz}" if npz else "")
+          + (f", {args.out_dir}/" if args.out_dir else ""))
     return 0

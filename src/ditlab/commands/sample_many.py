@@ -15,10 +15,10 @@ import argparse
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class SampleManyResult:
     generated: list[int]  # the indices this rank made in this call (finished ones are skipped)
-    npz: Optional[Path]  # rank 0: the assembled .npz; other ranks: None
+    npz: Path | None  # rank 0: the assembled .npz; other ranks: None
 
 
-def sample_name(index: int, label: Optional[int]) -> str:
+def sample_name(index: int, label: int | None) -> str:
     """File name of sample ``index``: ``000042_class7.png`` (no class part for unconditional models)."""
     return f"{index:06d}" + (f"_class{label}" if label is not None else "") + ".png"
 
@@ -97,9 +97,9 @@ def sample_many(
     out: str | Path,
     *,
     seed: int = 0,
-    cfg: Optional[float] = None,
-    sampler: Optional[str] = None,
-    steps: Optional[int] = None,
+    cfg: float | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
     batch_size: int = 64,
     use_ema: bool = True,
     device: str = "auto",
@@ -154,7 +154,7 @@ def sample_many(
             images = generate(run.model, run.process, run.autoencoder, run.latent_shape, labels[batch],
                               [seed + i for i in batch], num_classes=run.num_classes, sampler=sampler,
                               steps=steps, cfg_scale=cfg, batch_size=batch_size, device=dev)
-            for i, image in zip(batch, images):
+            for i, image in zip(batch, images, strict=True):
                 save_png(image, images_dir / names[i])  # temporary name, then rename
             if bar is not None:
                 bar.update(len(batch))
@@ -194,7 +194,7 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise UserError(f"cannot read sample {path} ({err}): delete it and rerun the same command") from None
 
 
-def write_adm_npz(path: str | Path, files: list[Path], labels: Optional[np.ndarray],
+def write_adm_npz(path: str | Path, files: list[Path], labels: np.ndarray | None,
                   read: Callable[[Path], np.ndarray] = _read_rgb) -> Path:
     """ADM ``.npz`` from image files: ``arr_0`` (N, H, W, 3) uint8 and ``labels`` (N,) int64.
 

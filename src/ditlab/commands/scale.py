@@ -22,7 +22,8 @@ HELP = "scaling study: train several DiT configs, score them at several steps, t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="mnist | digits | an image folder (what `ditlab train --data` takes)")
-    parser.add_argument("--models", required=True, help="comma-separated registered names, e.g. DiT-S/8,DiT-S/4,DiT-S/2")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated registered names, e.g. DiT-S/8,DiT-S/4,DiT-S/2")
     parser.add_argument("--budget", type=int, required=True, help="training steps of every model")
     parser.add_argument("--eval-steps", default=None,
                         help="comma-separated steps to score at (default: budget/4, budget/2, budget)")
@@ -48,7 +49,9 @@ def parse_steps(text: str | None, budget: int) -> list[int]:
     try:
         steps = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
-        raise UserError(f"--eval-steps '{text}' is not a comma-separated list of step numbers: e.g. 100,200,400") from None
+        raise UserError(
+            f"--eval-steps '{text}' is not a comma-separated list of step numbers: e.g. 100,200,400"
+        ) from None
     bad = [s for s in steps if not 1 <= s <= budget]
     if bad:
         raise UserError(f"--eval-steps {bad} outside [1, --budget {budget}]: choose steps up to the budget")

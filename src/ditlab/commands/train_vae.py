@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downsample", type=int, default=4, help="spatial factor 1, 2, 4 or 8 (default 4)")
     parser.add_argument("--latent-channels", type=int, default=4, help="latent channels (default 4)")
     parser.add_argument("--steps", type=int, default=1600, help="optimizer steps (default 1600)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per step (default 16: more, smaller steps train faster)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="images per step (default 16: more, smaller steps train faster)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     parser.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the KL term (default 1e-5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -65,7 +66,9 @@ def _prepare_out(out: Path, overwrite: bool) -> bool:
         if not (out / "config.json").exists() and not (out / "model.safetensors").exists():
             raise ConfigError(f"--out {out} exists and holds other files: pass a new or empty folder")
         if not overwrite:
-            raise ConfigError(f"--out {out} already holds an autoencoder: pass --overwrite to replace it, or another --out")
+            raise ConfigError(
+                f"--out {out} already holds an autoencoder: pass --overwrite to replace it, or another --out"
+            )
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
             device = torch.device(device)
             torch.empty(0, device=device)
         except (RuntimeError, AssertionError) as err:
-            raise ConfigError(f"--device {args.device} is not usable here ({str(err).splitlines()[0]}): use cpu or an available GPU") from None
+            raise ConfigError(
+                f"--device {args.device} is not usable here ({str(err).splitlines()[0]}): "
+                "use cpu or an available GPU"
+            ) from None
     out = Path(args.out).expanduser()
     created = _prepare_out(out, args.overwrite)
     print(f"train-vae: {dataset!r} -> {out} (downsample {args.downsample}, {args.latent_channels} latent channels)")

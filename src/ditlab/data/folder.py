@@ -9,11 +9,11 @@ failed, across all worker processes, so the trainer can report them at the end o
 from __future__ import annotations
 
 import multiprocessing
-from multiprocessing.context import get_spawning_popen
 import os
 import warnings
+from collections.abc import Sequence
+from multiprocessing.context import get_spawning_popen
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,7 +51,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if not root.exists():
             raise DataError(f"data folder {root} does not exist: pass an existing image folder, 'mnist' or 'digits'")
         if not root.is_dir():
-            raise DataError(f"{root} is not a folder: pass a folder of images (one subfolder per class), 'mnist' or 'digits'")
+            raise DataError(
+                f"{root} is not a folder: pass a folder of images (one subfolder per class), 'mnist' or 'digits'"
+            )
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels}")
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
@@ -133,7 +135,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def bad_files(self) -> list[str]:
         """Every file that failed to decode so far (in any DataLoader worker), sorted."""
-        return [f for f, bad in zip(self.files, self._bad) if bad]
+        return [f for f, bad in zip(self.files, self._bad, strict=True) if bad]
 
     def __repr__(self) -> str:
         return (
@@ -145,7 +147,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 class Batch(tuple):
     """A collated batch that unpacks as ``images, labels = batch``; ``batch.skipped`` counts dropped items."""
 
-    def __new__(cls, images: torch.Tensor, labels: torch.Tensor, skipped: int = 0) -> "Batch":
+    def __new__(cls, images: torch.Tensor, labels: torch.Tensor, skipped: int = 0) -> Batch:
         self = super().__new__(cls, (images, labels))
         self.skipped = int(skipped)
         return self
@@ -158,7 +160,7 @@ class Batch(tuple):
     def labels(self) -> torch.Tensor:
         return self[1]  # (N,)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         # DataLoader(pin_memory=True) calls this; rebuilding a plain tuple would drop ``skipped``.
         return Batch(self[0].pin_memory(), self[1].pin_memory(), self.skipped)
 

@@ -104,7 +104,8 @@ def write_shard(
     write_atomic(root / f"{stem}.npy", data)
     receipt = {
         "shard": k, "start": start, "stop": stop, "rows": len(items), "items": items,
-        "labels": labels, "bad": bad, "bad_items": list(bad_items), "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "labels": labels, "bad": bad, "bad_items": list(bad_items), "nbytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
     write_json_atomic(root / f"{stem}.json", receipt)
 
@@ -192,7 +193,7 @@ class LatentCache:
         self._maps: dict[int, np.ndarray] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = False) -> "LatentCache":
+    def open(cls, path: str | os.PathLike, verify: bool = False) -> LatentCache:
         """Open the cache at ``path``; ``verify`` also checks every shard's sha256 (reads it all).
 
         Raises:
@@ -210,7 +211,8 @@ class LatentCache:
         raw = read_json(root / INDEX)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise DataError(
-                f"{root} is not a version-{VERSION} ditlab latent cache; re-extract it with this ditlab's `ditlab extract-latents`"
+                f"{root} is not a version-{VERSION} ditlab latent cache; "
+                "re-extract it with this ditlab's `ditlab extract-latents`"
             )
         for shard in raw["shards"]:
             p = root / shard["file"]
@@ -218,7 +220,9 @@ class LatentCache:
             if size is None:
                 raise DataError(f"latent cache shard {p} is missing; {redo}")
             if size != shard["nbytes"]:
-                raise DataError(f"latent cache shard {p} is truncated or altered ({size} of {shard['nbytes']} bytes); {redo}")
+                raise DataError(
+                    f"latent cache shard {p} is truncated or altered ({size} of {shard['nbytes']} bytes); {redo}"
+                )
             if verify and hashlib.sha256(p.read_bytes()).hexdigest() != shard["sha256"]:
                 raise DataError(f"latent cache shard {p} does not match its checksum; {redo}")
         try:
@@ -243,11 +247,14 @@ class LatentCache:
             try:
                 mm = np.load(p, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as err:
-                raise DataError(f"cannot map latent cache shard {p} ({err}); rerun `ditlab extract-latents` to repair it") from err
+                raise DataError(
+                    f"cannot map latent cache shard {p} ({err}); rerun `ditlab extract-latents` to repair it"
+                ) from err
             want = (self.index.shard_rows[k], 2, *self.index.latent_shape)
             if mm.shape != want or mm.dtype != np.dtype(self.index.dtype):
                 raise DataError(
-                    f"latent cache shard {p} holds {mm.dtype}{list(mm.shape)}, expected {self.index.dtype}{list(want)}; "
+                    f"latent cache shard {p} holds {mm.dtype}{list(mm.shape)}, "
+                    f"expected {self.index.dtype}{list(want)}; "
                     "rerun `ditlab extract-latents` to repair it"
                 )
             self._maps[k] = mm
@@ -277,14 +284,16 @@ class LatentCache:
                 f"({ix.autoencoder_source}), but this run uses {autoencoder_identity}; {redo}"
             )
         if int(image_size) != ix.image_size:
-            raise DataError(f"latent cache {self.root} holds {ix.image_size}px images but this run trains at {image_size}px; {redo}")
+            raise DataError(
+                f"latent cache {self.root} holds {ix.image_size}px images but this run trains at {image_size}px; {redo}"
+            )
         if tuple(latent_shape) != tuple(ix.latent_shape):
             raise DataError(
                 f"latent cache {self.root} holds latents of shape {list(ix.latent_shape)} but this run expects "
                 f"{list(latent_shape)}; {redo}"
             )
 
-    def dataset(self, random_flip: bool = True) -> "LatentDataset":
+    def dataset(self, random_flip: bool = True) -> LatentDataset:
         """A torch Dataset over this cache (see :class:`LatentDataset`)."""
         return LatentDataset(self, random_flip=random_flip)
 

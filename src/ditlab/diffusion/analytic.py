@@ -22,7 +22,8 @@ class GaussianMixture:
         self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, d)
         self.covs = torch.as_tensor(covs, dtype=torch.float64)  # (K, d, d)
         k = self.means.shape[0]
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None
+             else torch.as_tensor(weights, dtype=torch.float64))
         self.weights = w / w.sum()
 
     @property
@@ -40,7 +41,7 @@ class GaussianMixture:
     def covariance(self) -> Tensor:
         """The mixture's covariance (d, d)."""
         mu = self.mean()
-        second = sum(w * (c + torch.outer(m, m)) for w, m, c in zip(self.weights, self.means, self.covs))
+        second = sum(w * (c + torch.outer(m, m)) for w, m, c in zip(self.weights, self.means, self.covs, strict=True))
         return second - torch.outer(mu, mu)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -23,7 +23,8 @@ _SAMPLER_OPTIONS = {"euler": (), "heun": (), "euler_maruyama": ("noise_scale",)}
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
-    """SD3's resolution shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23); s > 1 spends more time near noise."""
+    """SD3's resolution shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23); s > 1 spends more time
+    near noise."""
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 
@@ -55,7 +56,9 @@ class FlowProcess:
         if not logit_std > 0:
             raise ProcessError(f"logit_std must be > 0, got {logit_std}; SD3 uses 1.0")
         if not -1.0 <= mode_scale <= 2.0 / (math.pi - 2.0):
-            raise ProcessError(f"mode_scale must be in [-1, {2 / (math.pi - 2):.3f}] to keep t in [0, 1], got {mode_scale}")
+            raise ProcessError(
+                f"mode_scale must be in [-1, {2 / (math.pi - 2):.3f}] to keep t in [0, 1], got {mode_scale}"
+            )
         self.time_sampling = time_sampling
         self.shift = float(shift)
         self.logit_mean = float(logit_mean)

@@ -177,7 +177,9 @@ class GaussianProcess:
         cubic for linear / scaled_linear, linspace for cosine.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, str)):
-            raise ProcessError(f"steps must be an int or a spacing string like '250', 'ddim50', 'cubic20', got {steps!r}")
+            raise ProcessError(
+                f"steps must be an int or a spacing string like '250', 'ddim50', 'cubic20', got {steps!r}"
+            )
         T = self.num_timesteps
         spec = steps if isinstance(steps, str) else f"{self._default_spacing(sampler)}{steps}"
         spec = spec.strip()

@@ -52,10 +52,8 @@ def sample_ddpm(
             float(schedule.posterior_mean_coef1[k]) * pred.x0
             + float(schedule.posterior_mean_coef2[k]) * x
         )
-        if k > 0:  # the last step returns the mean, without noise
-            x = mean + torch.exp(0.5 * pred.log_variance) * randn_like_per_sample(x, generators)
-        else:
-            x = mean
+        # the last step returns the mean, without noise
+        x = (mean + torch.exp(0.5 * pred.log_variance) * randn_like_per_sample(x, generators)) if k > 0 else mean
         if callback is not None:
             callback(i, K)
     return x

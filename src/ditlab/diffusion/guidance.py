@@ -54,7 +54,8 @@ def check_guidance(
 def _concat_kwargs(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
     if set(cond) != set(uncond):
         raise ProcessError(
-            f"model_kwargs keys {sorted(cond)} differ from uncond_model_kwargs keys {sorted(uncond)}; pass the same keys"
+            f"model_kwargs keys {sorted(cond)} differ from uncond_model_kwargs keys {sorted(uncond)}; "
+            "pass the same keys"
         )
     merged = {}
     for key, value in cond.items():

@@ -142,7 +142,7 @@ class SpacedSchedule:
         return int(self.timesteps.shape[0])
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: Tensor, timesteps: list[int] | Tensor) -> "SpacedSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor, timesteps: list[int] | Tensor) -> SpacedSchedule:
         """The chain that keeps ``timesteps`` (ascending original indices) of a full schedule."""
         ts = torch.as_tensor(timesteps, dtype=torch.long)
         acp = alphas_cumprod.to(torch.float64)[ts]

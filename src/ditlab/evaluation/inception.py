@@ -205,10 +205,10 @@ class InceptionFeatures:
         # disable=None: tqdm shows the bar only on a terminal (no clutter in logs or pipes).
         with tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, leave=False) as bar:
             for batch in _rebatch(batches, self.batch_size):
-                f, l = self.features_and_logits(batch)
+                f, lg = self.features_and_logits(batch)
                 feats.append(f)
-                if l is not None:
-                    logits.append(l)
+                if lg is not None:
+                    logits.append(lg)
                 bar.update(len(f))
         if not feats:
             return np.zeros((0, FEATURE_DIM)), None

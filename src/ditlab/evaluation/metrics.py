@@ -26,7 +26,7 @@ class FeatureStats:
     num: int = 0
 
     @classmethod
-    def from_features(cls, features: np.ndarray) -> "FeatureStats":
+    def from_features(cls, features: np.ndarray) -> FeatureStats:
         mu, sigma = feature_statistics(features)
         return cls(mu, sigma, int(len(features)))
 

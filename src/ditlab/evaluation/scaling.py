@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class InceptionFID:
         self.extractor = extractor
 
     @classmethod
-    def from_images(cls, images: np.ndarray, extractor, *, cache: bool = True, progress: bool = True) -> "InceptionFID":
+    def from_images(cls, images: np.ndarray, extractor, *, cache: bool = True, progress: bool = True) -> InceptionFID:
         """Reference statistics of uint8 (N, H, W, C) images, cached under ``$DITLAB_CACHE/inception``
         by a hash of the images' bytes and of the Inception weights and preprocessing."""
         from ditlab.evaluation.sources import cache_dir
@@ -67,7 +67,7 @@ class InceptionFID:
             os.replace(tmp, path)  # never a half-written cache entry
         return cls(stats, extractor)
 
-    def score(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> dict[str, float]:
+    def score(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
         """``{"fid": ...}`` of uint8 (N, H, W, C) samples (N >= 2)."""
         feats, _ = self.extractor.extract([images], total=len(images), progress=False)  # (N, 2048)
         return {"fid": fid(feats, self.reference)}
@@ -202,7 +202,7 @@ def plot_study(study: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
             if not pts:
                 continue
             last = s == steps[-1]
-            ax.plot(*zip(*pts), marker="o", color=colors[k % len(colors)], linestyle="-" if last else ":",
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colors[k % len(colors)], linestyle="-" if last else ":",
                     alpha=1.0 if last else 0.35, label=f"{family} step {s}" if last or s == steps[0] else None)
     for m in models:
         final = m["evals"][-1]

@@ -52,7 +52,7 @@ class ImageSource:
             yield from _npz_batches(self.path, batch_size)
             return
         by_size: dict[tuple[int, int], list[Path]] = {}
-        for f, s in zip(self.files, self.sizes):
+        for f, s in zip(self.files, self.sizes, strict=True):
             by_size.setdefault(s, []).append(f)
         for files in by_size.values():
             for i in range(0, len(files), batch_size):

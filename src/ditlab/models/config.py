@@ -115,7 +115,7 @@ class DiTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
         """Inverse of ``to_dict``; unknown keys are a ModelError naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

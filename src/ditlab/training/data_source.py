@@ -9,7 +9,7 @@ number) too, drawn for the whole global batch.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -173,7 +173,7 @@ class CacheSource:
         flips = self.order.flips(self.consumed) if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
         idx, flips = idx[lo:hi], flips[lo:hi]
-        x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips)])  # (B, C, h, w)
+        x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips, strict=True)])  # (B, C, h, w)
         self.consumed += 1
         return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
 

@@ -134,7 +134,7 @@ class StepDraws:
     noise: Tensor  # (B, C, H, W)
     drop: Tensor | None  # (B,) bool: replace the label by the null class (classifier-free guidance)
 
-    def local(self, lo: int, n: int) -> "StepDraws":
+    def local(self, lo: int, n: int) -> StepDraws:
         """Rows ``lo .. lo + n`` (one rank's slice)."""
         drop = None if self.drop is None else self.drop[lo : lo + n]
         return StepDraws(self.t[lo : lo + n], self.noise[lo : lo + n], drop)

@@ -34,7 +34,7 @@ class EMA:
         ema_params = [p for p in self.shadow.parameters()]
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for b_ema, b in zip(self.shadow.buffers(), model.buffers()):
+        for b_ema, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

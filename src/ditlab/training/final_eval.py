@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-
 
 
 def spread_labels(classes: Sequence[int], num: int) -> torch.Tensor:
     """``num`` labels spread evenly over ``classes`` in order (the first classes take any remainder)."""
     k = len(classes)
     counts = [num // k + (1 if i < num % k else 0) for i in range(k)]
-    return torch.tensor([c for c, n in zip(classes, counts) for _ in range(n)], dtype=torch.long)
+    return torch.tensor([c for c, n in zip(classes, counts, strict=True) for _ in range(n)], dtype=torch.long)
 
 
 def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device: str | torch.device = "cpu",

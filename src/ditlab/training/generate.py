@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ def generate(
     process,
     autoencoder,
     latent_shape: tuple[int, int, int],
-    labels: Optional[torch.Tensor],
+    labels: torch.Tensor | None,
     seeds: Sequence[int],
     *,
     num_classes: int,
@@ -28,7 +28,7 @@ def generate(
     cfg_scale: float = 1.0,
     batch_size: int = 250,
     device: torch.device | str = "cpu",
-    progress: Optional[Callable[[int], None]] = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Sample ``len(seeds)`` images; sample i uses only ``seeds[i]``, so results do not depend on batching.
 
@@ -138,7 +138,7 @@ def save_grid(images: np.ndarray, path: str | Path, ncols: int | None = None) ->
     return save_png(make_grid(images, ncols), path)
 
 
-def save_npz(images: np.ndarray, labels: Optional[np.ndarray], path: str | Path) -> Path:
+def save_npz(images: np.ndarray, labels: np.ndarray | None, path: str | Path) -> Path:
     """ADM layout: ``arr_0`` uint8 (N, H, W, C) and ``labels`` (N,), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

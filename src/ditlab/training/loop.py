@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import math
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -22,15 +21,34 @@ from ditlab.errors import CheckpointError, ConfigError, UserError
 from ditlab.training import checkpoint as ckpt
 from ditlab.training.data_source import BatchOrder, CacheSource, FolderSource, InMemorySource
 from ditlab.training.distributed import (
-    DistInfo, all_reduce_mean, barrier, broadcast_flag, check_batch_split, check_compile_backend, check_launch,
-    cleanup, draw_step, drop_labels, fsdp_shard, full_model_state, full_optimizer_state, init_distributed,
-    launch_world_size, load_model_state, load_optimizer_state, wrap_ddp,
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_flag,
+    check_batch_split,
+    check_compile_backend,
+    check_launch,
+    cleanup,
+    draw_step,
+    drop_labels,
+    fsdp_shard,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    launch_world_size,
+    load_model_state,
+    load_optimizer_state,
+    wrap_ddp,
 )
 from ditlab.training.ema import EMA
 from ditlab.training.logger import RunLogger
 from ditlab.training.periodic_eval import PeriodicEval
 from ditlab.training.setup import (
-    build_model, build_or_load_autoencoder, build_process, cached_latents, pick_device,
+    build_model,
+    build_or_load_autoencoder,
+    build_process,
+    cached_latents,
+    pick_device,
 )
 
 # Keys that may change between the first run and a resume without changing what is trained.
@@ -61,10 +79,8 @@ class _StopSignal:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. inside a test runner thread)
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test runner thread)
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -175,7 +191,9 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
             if fresh:  # a resumed run's config.json changes only once its checkpoint has loaded
                 save_config(config, run_dir / "config.json")
         except OSError as err:
-            raise UserError(f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir") from None
+            raise UserError(
+                f"cannot write run directory '{run_dir}' ({err.strerror}): choose a writable --run_dir"
+            ) from None
     log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
     # The same seed on every rank: per-step draws are made for the global batch (draw_step), so the
     # run does not depend on the number of processes. Python's and NumPy's RNGs too, so that the RNG
@@ -188,10 +206,14 @@ def _train(config: TrainConfig, device: torch.device, info: DistInfo) -> TrainRe
     # ---- data and latent space
     dataset = None
     if config.latents:
-        source, autoencoder, num_classes, latent_shape, image_channels = _cache_source(config, info, local_batch, device)
+        source, autoencoder, num_classes, latent_shape, image_channels = _cache_source(
+            config, info, local_batch, device
+        )
     else:
         dataset = build_dataset(config.data, config.image_size, flip=False)
-        source, autoencoder, num_classes, latent_shape = _data_source(config, dataset, run_dir, info, local_batch, device, log)
+        source, autoencoder, num_classes, latent_shape = _data_source(
+            config, dataset, run_dir, info, local_batch, device, log
+        )
         image_channels = int(getattr(dataset, "channels", 3))
 
     # ---- model and optimiser (the process first: a sampler it cannot run fails before the autoencoder trains)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +72,8 @@ def reference_images(config, dataset, num: int) -> np.ndarray:
     from ditlab.training.generate import to_uint8
 
     n = len(dataset)
-    pick = np.arange(n) if num <= 0 or num >= n else np.sort(np.random.default_rng(config.seed).choice(n, num, replace=False))
+    pick = (np.arange(n) if num <= 0 or num >= n
+            else np.sort(np.random.default_rng(config.seed).choice(n, num, replace=False)))
     if hasattr(dataset, "tensors"):  # built-in: uint8 in memory
         images, _ = dataset.tensors()  # (N, C, H, W)
         return images[torch.from_numpy(pick)].permute(0, 2, 3, 1).numpy()
@@ -84,7 +85,7 @@ def reference_images(config, dataset, num: int) -> np.ndarray:
     return np.stack(out)
 
 
-def build_scorers(config, dataset, device: torch.device, names: Optional[list[str]] = None,
+def build_scorers(config, dataset, device: torch.device, names: list[str] | None = None,
                   progress: bool = True) -> list:
     """The scorers of ``names`` (default: ``eval_metric_names(config)``) for this run's data."""
     from ditlab.evaluation.scaling import InceptionFID, MnistFrechet
@@ -148,7 +149,7 @@ def eval_samples(model, process, autoencoder, latent_shape, num_classes: int, co
 
 
 def gather_eval_samples(model, process, autoencoder, latent_shape, num_classes: int, config, num: int,
-                        device: torch.device, info, *, split: bool = True) -> Optional[tuple[np.ndarray, np.ndarray]]:
+                        device: torch.device, info, *, split: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
     """Samples 0..num-1 on rank 0 (None elsewhere); with ``split`` each rank makes every world-th one."""
     import torch.distributed as dist
 
@@ -157,7 +158,7 @@ def gather_eval_samples(model, process, autoencoder, latent_shape, num_classes: 
     share = list(range(info.rank, num, info.world_size)) if split else (list(range(num)) if info.is_main else [])
     part = eval_samples(model, process, autoencoder, latent_shape, num_classes, config, share, device) \
         if model is not None and share else None
-    parts: Optional[list] = [None] * info.world_size if info.is_main else None
+    parts: list | None = [None] * info.world_size if info.is_main else None
     dist.gather_object((share, part), parts, dst=0)
     if not info.is_main:
         return None
@@ -205,9 +206,9 @@ class PeriodicEval:
         self.names = eval_metric_names(config) if self.enabled else []
         if self.enabled and info.is_main:
             check_metrics_available(self.names, config)
-        self._scorers: Optional[list] = None
+        self._scorers: list | None = None
 
-    def after_step(self, step: int, ema_model, logger) -> Optional[dict[str, float]]:
+    def after_step(self, step: int, ema_model, logger) -> dict[str, float] | None:
         """Evaluate ``ema_model`` if ``step`` is due, logging to ``logger`` (a ``RunLogger``); returns the
         metrics on rank 0 (None otherwise). Every rank must call it (sampling is shared, FSDP gathers)."""
         if not self.enabled or step % self.config.eval_every:
@@ -244,7 +245,7 @@ def read_eval_history(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]
     return history
 
 
-def plot_eval_history(run_dir: str | Path) -> Optional[Path]:
+def plot_eval_history(run_dir: str | Path) -> Path | None:
     """Plot every in-training metric against the step to ``RUN_DIR/eval.png`` (one panel per metric)."""
     history = {k: v for k, v in read_eval_history(run_dir).items() if not k.endswith("_floor")}
     if not history:
@@ -255,8 +256,8 @@ def plot_eval_history(run_dir: str | Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(history), figsize=(3.6 * len(history), 3.2), squeeze=False)
-    for ax, (name, points) in zip(axes[0], sorted(history.items())):
-        steps, values = zip(*points)
+    for ax, (name, points) in zip(axes[0], sorted(history.items()), strict=True):
+        steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="o")
         ax.set(title=name, xlabel="step")
         ax.grid(alpha=0.3)

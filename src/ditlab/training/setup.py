@@ -187,8 +187,10 @@ def load_run(run_dir: str | Path, *, use_ema: bool = True, device: torch.device 
         )
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint '{ckpt}' has tensors of another shape: it belongs to another model") from None
+    except RuntimeError:
+        raise CheckpointError(
+            f"checkpoint '{ckpt}' has tensors of another shape: it belongs to another model"
+        ) from None
     device = torch.device(device)
     model.to(device).eval()
     process = build_process(config)
