@@ -78,7 +78,7 @@ def build_ditlab(g: Geometry, device: str | torch.device = "cpu", **options) -> 
 
     model = create_model(g.model, input_size=g.side, in_channels=g.channels, num_classes=g.classes,
                          depth=g.depth, hidden_size=g.hidden, num_heads=g.heads, patch_size=g.patch,
-                         learn_sigma=g.learn_sigma, class_dropout_prob=0.0, device=device, **options)
+                         learn_sigma=g.learn_sigma, device=device, **options)
     if str(device) != "meta":
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():

@@ -69,9 +69,9 @@ CASES = [
     ("train-damaged-run-config", [*T, "--run_dir", "{w}/run-config"], "is not valid JSON"),
     # --- sample
     ("sample-missing-run", ["sample", "{w}/nope"], "does not exist"),
-    ("sample-not-a-run", ["sample", "{w}/images"], "no config.json"),
+    ("sample-not-a-run", ["sample", "{w}/images"], "neither a run directory nor a model folder"),
     ("sample-class-out-of-range", ["sample", "{w}/run", "--class", "10"], "outside the model's classes 0..9"),
-    ("sample-class-not-a-number", ["sample", "{w}/run", "--class", "x"], "is not a number"),
+    ("sample-class-not-a-number", ["sample", "{w}/run", "--class", "x"], "neither a class number nor a class name"),
     ("sample-zero-num", ["sample", "{w}/run", "--num", "0"], "--num must be >= 1"),
     ("sample-num-not-int", ["sample", "{w}/run", "--num", "abc"], "invalid int value: 'abc'"),
     ("sample-negative-cfg", ["sample", "{w}/run", "--cfg", "-1"], "--cfg must be >= 0"),
@@ -165,6 +165,8 @@ def world(tmp_path_factory) -> Path:
     no_ae = _damaged_copy(run, "run-no-ae")
     config = json.loads((no_ae / "config.json").read_text())
     (no_ae / "config.json").write_text(json.dumps({**config, "autoencoder": str(w / "no-ae")}))
+    no_ae_meta = ckpt.latest_checkpoint(no_ae) / "meta.json"  # where sampling looks for the autoencoder
+    no_ae_meta.write_text(json.dumps({**json.loads(no_ae_meta.read_text()), "autoencoder_spec": str(w / "no-ae")}))
     (_damaged_copy(run, "run-config") / "config.json").write_text("{not json")
 
     (w / "empty").mkdir()

@@ -10,11 +10,18 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ditlab.errors import ConfigError
+from ditlab.files import atomic_write_json
+
+
+def opt(default: Any, help: str, *, resumable: bool = False) -> Any:
+    """A config field with its one-line description (shown by ``ditlab train --help``) and whether it
+    may change when a run is resumed (only fields that do not change what is trained may)."""
+    return field(default=default, metadata={"help": help, "resumable": resumable})
 
 
 @dataclass
@@ -22,76 +29,89 @@ class TrainConfig:
     """Everything ``ditlab train`` needs. Grouped by role; every field is a ``--key value`` flag."""
 
     # --- run ---
-    run_dir: str = "runs/mnist"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_dir: str = opt("runs/mnist", "run directory (config, checkpoints, logs, samples); rerun to resume",
+                       resumable=True)
+    seed: int = opt(0, "seed of everything random (data order, noise, dropout, flips)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N", resumable=True)
     # --- data ---
-    data: str = "mnist"  # mnist | digits | path to an image folder
-    image_size: int = 32
-    flip: bool | None = None  # None: the dataset's default (on for folders, off for digits)
-    num_workers: int = 2
-    latents: str | None = None  # a latent cache made by `ditlab extract-latents`
+    data: str = opt("mnist", "mnist | digits | path to an image folder (class subfolders or flat)")
+    image_size: int = opt(32, "side of the square training images in pixels")
+    flip: bool | None = opt(None, "random horizontal flips (default: on for folders, off for digits)")
+    num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
+    latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
+    condition: str = opt("auto", "auto | class | none: what the model is conditioned on (auto: what the data has)")
     # --- autoencoder (latent space) ---
-    autoencoder: str = "auto"  # auto (train ditlab's KL-VAE for this data) | pixel | path | hub id
-    vae_downsample: int = 4
-    vae_latent_channels: int = 4
-    vae_steps: int = 1600
-    vae_batch_size: int = 16
-    vae_lr: float = 3e-3
-    vae_kl_weight: float = 1e-5
-    vae_sample_posterior: bool = False
+    autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
+    vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")
+    vae_latent_channels: int = opt(4, "auto VAE: latent channels")
+    vae_steps: int = opt(1600, "auto VAE: training steps")
+    vae_batch_size: int = opt(16, "auto VAE: batch size")
+    vae_lr: float = opt(3e-3, "auto VAE: learning rate")
+    vae_kl_weight: float = opt(1e-5, "auto VAE: weight of the KL term")
+    vae_sample_posterior: bool = opt(False, "encode a posterior sample instead of its mean")
     # --- model ---
-    model: str = "DiT-S/2"
-    depth: int | None = None
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    patch_size: int | None = None
-    block: str = "adaLN-Zero"
-    qk_norm: bool = False
-    class_dropout_prob: float = 0.1
+    model: str = opt("DiT-S/2", "registered model name (see `ditlab flops`), e.g. DiT-XL/2")
+    depth: int | None = opt(None, "override the model's number of blocks")
+    hidden_size: int | None = opt(None, "override the model's width")
+    num_heads: int | None = opt(None, "override the model's attention heads")
+    patch_size: int | None = opt(None, "override the model's patch size")
+    block: str = opt("adaLN-Zero", "block design: adaLN-Zero | adaLN | cross-attention | in-context")
+    qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
+    cond_dropout_prob: float = opt(0.1, "probability of dropping the condition (label or caption) for guidance")
     # --- process ---
-    process: str = "ddpm"  # ddpm | flow
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    prediction: str = "eps"
-    learn_sigma: bool = True  # ddpm only
-    time_sampling: str = "logit_normal"  # flow only
-    shift: float = 1.0  # flow only
+    process: str = opt("ddpm", "ddpm | flow")
+    schedule: str = opt("linear", "ddpm noise schedule: linear | cosine | scaled_linear")
+    num_timesteps: int = opt(1000, "ddpm: number of noise steps T")
+    prediction: str = opt("eps", "ddpm: what the network predicts: eps | x0 | v")
+    learn_sigma: bool = opt(True, "ddpm: learn the reverse variance (hybrid loss)")
+    time_sampling: str = opt("logit_normal", "flow: training time density: uniform | logit_normal | mode")
+    shift: float = opt(1.0, "flow: SD3 time shift (1 = none)")
     # --- optimisation ---
-    steps: int = 4000
-    global_batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0  # 0 disables
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)) so short runs are usable
-    autocast: str = "none"  # none | bf16 | fp16 (GPU)
-    grad_checkpointing: bool = False
-    compile: bool = False
-    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimiser state (FSDP2)
-    max_nonfinite_steps: int = 10
+    steps: int = opt(4000, "training steps (raise it and rerun to train further)", resumable=True)
+    global_batch_size: int = opt(128, "images per step over all processes")
+    lr: float = opt(1e-4, "AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear learning-rate warm-up steps")
+    grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)")
+    ema_decay: float = opt(0.9999, "EMA decay of the sampling weights")
+    ema_warmup: bool = opt(True, "EMA decay min(ema_decay, (1 + step) / (10 + step)) so short runs are usable")
+    autocast: str = opt("none", "none | bf16 | fp16 mixed precision (GPU)")
+    grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less memory)", resumable=True)
+    compile: bool = opt(False, "torch.compile the model", resumable=True)
+    fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimiser state (FSDP2)",
+                     resumable=True)
+    max_nonfinite_steps: int = opt(10, "stop after this many non-finite losses in a row", resumable=True)
     # --- logging and checkpoints ---
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_last: int = 2
-    sample_every: int = 0  # 0: only at the end
-    tensorboard: bool = True
+    log_every: int = opt(50, "steps between log lines", resumable=True)
+    ckpt_every: int = opt(1000, "steps between checkpoints", resumable=True)
+    keep_last: int = opt(2, "checkpoints kept", resumable=True)
+    sample_every: int = opt(0, "steps between EMA sample grids (0: only at the end)", resumable=True)
+    tensorboard: bool = opt(True, "write TensorBoard events", resumable=True)
     # --- sampling and evaluation at the end of training ---
-    sampler: str = ""  # "" = the process's default
-    sample_steps: int = 50
-    cfg_scale: float = 1.0
-    eval_num: int = 0  # samples for the end-of-run evaluation (0 = none); MNIST: classifier metrics
-    eval_batch_size: int = 250
+    sampler: str = opt("", "sampler for grids and evaluation (\"\" = the process's default)", resumable=True)
+    sample_steps: int = opt(50, "sampler steps", resumable=True)
+    cfg_scale: float = opt(1.0, "classifier-free guidance scale (1 = none)", resumable=True)
+    eval_num: int = opt(0, "samples scored at the end (0 = none); MNIST: classifier metrics", resumable=True)
+    eval_batch_size: int = opt(250, "samples per batch when evaluating", resumable=True)
     # --- evaluation during training (ditlab/training/periodic_eval.py) ---
-    eval_every: int = 0  # 0: off; else score eval_fid_num EMA samples every eval_every steps
-    eval_fid_num: int = 1000  # samples per in-training evaluation (the N of FID-N; the MNIST metrics use them too)
-    eval_metrics: str = "auto"  # auto (fid; fid,mnist for MNIST) | fid | mnist | fid,mnist
-    eval_ref: str = ""  # FID reference: "" = the training set, else an image folder | ADM .npz | stats .npz
-    eval_ref_num: int = 10000  # training images in the FID reference (0 = all)
+    eval_every: int = opt(0, "steps between in-training evaluations (0 = off)", resumable=True)
+    eval_fid_num: int = opt(1000, "samples per in-training evaluation", resumable=True)
+    eval_metrics: str = opt("auto", "auto | fid | mnist | fid,mnist", resumable=True)
+    eval_ref: str = opt("", "FID reference: \"\" = the training set, or an image folder | ADM .npz | stats .npz",
+                        resumable=True)
+    eval_ref_num: int = opt(10000, "training images in the FID reference (0 = all)", resumable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resumable_fields() -> frozenset[str]:
+    """Fields that may differ between a run's first launch and a resume (declared on the fields)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))
+
+
+# Names older versions wrote into config.json, mapped to today's fields.
+LEGACY_ALIASES = {"class_dropout_prob": "cond_dropout_prob"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -135,7 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         process="ddpm",
         schedule="linear",
         learn_sigma=True,
-        class_dropout_prob=0.1,
+        cond_dropout_prob=0.1,
         steps=400_000,
         global_batch_size=256,
         lr=1e-4,
@@ -189,6 +209,12 @@ def _field_type(name: str) -> tuple[type, bool]:
     return tp, False
 
 
+def canonical_key(key: str) -> str:
+    """``--some-key`` spelling and legacy names -> the field name."""
+    key = key.replace("-", "_")
+    return LEGACY_ALIASES.get(key, key)
+
+
 def _suggest(key: str) -> str:
     import difflib
 
@@ -198,7 +224,7 @@ def _suggest(key: str) -> str:
 
 def coerce(key: str, value: Any) -> Any:
     """Convert ``value`` (a string from the CLI or a YAML scalar) to the type of field ``key``."""
-    key = key.replace("-", "_")
+    key = canonical_key(key)
     if key not in FIELDS:
         raise ConfigError(f"unknown config key '{key}': {_suggest(key)}")
     tp, optional = _field_type(key)
@@ -268,7 +294,7 @@ def resolve_config(
     values: dict[str, Any] = {}
     for source in (PRESETS[preset], load_yaml(yaml_path) if yaml_path else {}, overrides or {}):
         for key, value in source.items():
-            key = key.replace("-", "_")
+            key = canonical_key(key)
             values[key] = coerce(key, value)
     config = TrainConfig(**values)
     validate(config)
@@ -287,7 +313,9 @@ def validate(c: TrainConfig) -> None:
     need(c.lr > 0, f"lr must be > 0, got {c.lr}")
     need(c.image_size >= 1, f"image_size must be >= 1, got {c.image_size}")
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
-    need(0.0 <= c.class_dropout_prob < 1.0, f"class_dropout_prob must be in [0, 1), got {c.class_dropout_prob}")
+    need(0.0 <= c.cond_dropout_prob < 1.0, f"cond_dropout_prob must be in [0, 1), got {c.cond_dropout_prob}")
+    need(c.condition in ("auto", "class", "text", "none"),
+         f"unknown condition '{c.condition}': choose auto, class, text or none")
     need(c.cfg_scale >= 0, f"cfg_scale must be >= 0, got {c.cfg_scale}")
     need(c.sample_steps >= 1, f"sample_steps must be >= 1, got {c.sample_steps}")
     need(c.ckpt_every >= 1, f"ckpt_every must be >= 1, got {c.ckpt_every}")
@@ -311,10 +339,7 @@ def validate(c: TrainConfig) -> None:
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as JSON (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, config.to_dict(), sort_keys=True)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -326,7 +351,7 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"'{path}' not found: is this a ditlab run directory?") from None
     except json.JSONDecodeError:
         raise ConfigError(f"'{path}' is not valid JSON: the run directory is damaged") from None
-    values = {key: coerce(key, value) for key, value in data.items()}
+    values = {canonical_key(key): coerce(key, value) for key, value in data.items()}
     return TrainConfig(**values)
 
 

@@ -35,8 +35,9 @@ def test_digits_native_shapes_and_values():
     both = torch.cat([images, test.tensors()[0]]).flatten(1).numpy().astype(np.int64)
     ref = np.rint(load_digits().images.reshape(-1, 64) * 255 / 16).astype(np.int64)
     assert sorted(map(tuple, both)) == sorted(map(tuple, ref))
-    x, y = ds[0]
-    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    x, meta = ds[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and meta == {"label": int(labels[0])}
+    assert ds.metas()[:3] == [{"label": int(v)} for v in labels[:3]]
     assert torch.equal(x, images[0].float() / 127.5 - 1)
     assert x.min() == -1.0 and x.max() <= 1.0
 
@@ -69,8 +70,8 @@ def test_mnist_cache_shapes_padding_and_speed():
     test = build_dataset("mnist", 28, split="test")
     assert time.process_time() - start < 1.0
     assert len(test) == 10000 and torch.bincount(test.tensors()[1]).min() > 800
-    x, y = test[0]
-    assert x.shape == (1, 28, 28) and x.min() == -1.0 and x.max() == 1.0 and y.item() == 7
+    x, meta = test[0]
+    assert x.shape == (1, 28, 28) and x.min() == -1.0 and x.max() == 1.0 and meta == {"label": 7}
     assert time.time() - first < 120
 
 

@@ -38,10 +38,11 @@ def test_class_folder_labels_by_sorted_name(class_folder):
     ds = build_dataset(class_folder, 8)
     assert ds.class_names == ["cat", "dog"] and ds.num_classes == 2
     assert len(ds) == 5 and ds.channels == 3 and ds.image_size == 8 and ds.name == "pets"
-    labels = [ds[i][1].item() for i in range(len(ds))]
-    assert sorted(labels) == [0, 0, 0, 1, 1]
+    labels = [ds[i][1]["label"] for i in range(len(ds))]
+    assert sorted(labels) == [0, 0, 0, 1, 1] and [m["label"] for m in ds.metas()] == labels
     for i in range(len(ds)):
-        image, label = ds[i]
+        image, meta = ds[i]
+        label = meta["label"]
         assert image.shape == (3, 8, 8) and image.dtype == torch.float32
         # cat = blue, dog = red, exactly (+1 / -1 after scaling; JPEG may be off by a little)
         want = torch.tensor([-1.0, -1.0, 1.0]) if label == 0 else torch.tensor([1.0, -1.0, -1.0])
@@ -53,8 +54,8 @@ def test_flat_folder_is_unconditional(tmp_path):
         _png(tmp_path / f"{i}.png", (i * 100, 0, 0))
     ds = build_dataset(tmp_path, 4, channels=1)
     assert ds.num_classes == 0 and ds.class_names == []
-    image, label = ds[2]
-    assert image.shape == (1, 4, 4) and label.item() == 0
+    image, meta = ds[2]
+    assert image.shape == (1, 4, 4) and meta == {} and ds.metas() == [{}, {}, {}]
     # (200, 0, 0) -> L = 0.299 * 200 = 59.8 -> 60 -> 60 / 127.5 - 1
     assert torch.allclose(image, torch.full((1, 4, 4), 60 / 127.5 - 1))
 
@@ -115,10 +116,11 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path):
     assert len(caught) == 3  # one warning per bad file, naming it
     assert {p.rsplit("/", 1)[1] for p in ds.bad_files()} == {"garbage.png", "truncated.jpg", "empty.png"}
     batch = collate_skip_bad(items)
-    images, labels = batch  # unpacks as a pair
-    assert images.shape == (4, 3, 8, 8) and labels.tolist() == [0] * 4 and batch.skipped == 3
+    images, metas = batch  # unpacks as a pair
+    assert images.shape == (4, 3, 8, 8) and metas == [{"label": 0}] * 4 and batch.skipped == 3
+    assert batch.kept == [i for i, it in enumerate(items) if it is not None]
     empty = collate_skip_bad([None, None])
-    assert len(empty.labels) == 0 and empty.skipped == 2
+    assert len(empty.metas) == 0 and empty.kept == [] and empty.skipped == 2
 
 
 @pytest.mark.filterwarnings("ignore:skipping unreadable image")
@@ -128,7 +130,7 @@ def test_bad_files_seen_across_dataloader_workers(tmp_path):
     total, skipped = 0, 0
     for batch in loader:  # a whole epoch completes despite the bad files
         assert isinstance(batch, Batch)
-        total += len(batch.labels)
+        total += len(batch.metas)
         skipped += batch.skipped
     assert (total, skipped) == (4, 3)
     assert len(ds.bad_files()) == 3  # recorded by the worker processes, visible here

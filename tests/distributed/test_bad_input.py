@@ -5,7 +5,8 @@ import torch
 from ditlab.cli import main
 from ditlab.config import resolve_config
 from ditlab.errors import ConfigError
-from ditlab.training import distributed, loop
+from ditlab.training import distributed
+from ditlab.training.run import autocast_context
 
 TINY = ["train", "--preset", "digits-tiny", "--num_workers", "0"]
 
@@ -47,7 +48,7 @@ def test_bf16_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     config = resolve_config("digits-tiny", overrides={"autocast": "bf16"})
     with pytest.raises(ConfigError, match="V100 has no bf16 support: use --autocast fp16"):
-        loop._autocast(config, torch.device("cuda"))
+        autocast_context(config, torch.device("cuda"))
 
 
 def test_compile_without_a_cpu_compiler(tmp_path, capsys, monkeypatch):

@@ -51,7 +51,7 @@ def _close(a, b):
 
 def test_sharded_training_and_state_round_trip(group):
     torch.manual_seed(0)
-    plain = create_model("DiT-Test/2", input_size=8, num_classes=5, class_dropout_prob=0.0)
+    plain = create_model("DiT-Test/2", input_size=8, num_classes=5)
     torch.nn.init.normal_(plain.final_layer.linear.weight, std=0.02)  # let gradients reach every layer
     sharded = copy.deepcopy(plain)
     ema_p, ema_s = EMA(plain, decay=0.9), EMA(sharded, decay=0.9)
@@ -64,7 +64,7 @@ def test_sharded_training_and_state_round_trip(group):
         assert _step(plain, opt_p, ema_p, seed) == pytest.approx(_step(sharded, opt_s, ema_s, seed), rel=1e-5)
 
     _close(full_model_state(sharded), plain.state_dict())
-    _close(full_model_state(ema_s.shadow), ema_p.state_dict())
+    _close(full_model_state(ema_s.shadow), ema_p.shadow.state_dict())
     full = full_optimizer_state(sharded, opt_s)
     ref = opt_p.state_dict()
     assert full["param_groups"] == ref["param_groups"]  # same numbering, same hyper-parameters
@@ -74,15 +74,15 @@ def test_sharded_training_and_state_round_trip(group):
             assert torch.allclose(full["state"][i][key], s[key], atol=1e-7, rtol=1e-5), (i, key)
 
     # a plain run's checkpoint loads into a fresh sharded model, which then continues identically
-    fresh = create_model("DiT-Test/2", input_size=8, num_classes=5, class_dropout_prob=0.0)
+    fresh = create_model("DiT-Test/2", input_size=8, num_classes=5)
     fresh_ema = EMA(fresh, decay=0.9)
     fsdp_shard(fresh, group)
     fsdp_shard(fresh_ema.shadow, group)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
     # deep copies: a checkpoint read from disk shares no storage with the running optimiser
     load_model_state(fresh, copy.deepcopy(plain.state_dict()))
-    load_model_state(fresh_ema.shadow, copy.deepcopy(ema_p.state_dict()))
+    load_model_state(fresh_ema.shadow, copy.deepcopy(ema_p.shadow.state_dict()))
     load_optimizer_state(fresh, fresh_opt, copy.deepcopy(ref))
     assert _step(plain, opt_p, ema_p, 7) == pytest.approx(_step(fresh, fresh_opt, fresh_ema, 7), rel=1e-5)
     _close(full_model_state(fresh), plain.state_dict())
-    _close(full_model_state(fresh_ema.shadow), ema_p.state_dict())
+    _close(full_model_state(fresh_ema.shadow), ema_p.shadow.state_dict())

@@ -5,9 +5,11 @@ Ranks are simulated by slicing; what the ranks compute together must be what one
 import pytest
 import torch
 
+from ditlab.conditioning import ClassCondition
 from ditlab.diffusion import create_process
+from ditlab.seeding import Stream, derive_seed
 from ditlab.training.data_source import BatchOrder, InMemorySource
-from ditlab.training.distributed import StepDraws, draw_step, drop_labels, step_seed
+from ditlab.training.distributed import StepDraws, draw_step
 
 CPU = torch.device("cpu")
 
@@ -48,17 +50,19 @@ def test_rank_slices_tile_the_global_draw():
         assert torch.equal(torch.cat([p.noise for p in parts]), d.noise)
         assert torch.equal(torch.cat([p.t for p in parts]), d.t)
         assert torch.equal(torch.cat([p.drop for p in parts]), d.drop)
+        assert torch.equal(torch.cat([p.choice for p in parts]), d.choice)
 
 
-def test_drop_labels_uses_the_null_class():
-    y = torch.tensor([1, 2, 3, 4])
-    assert drop_labels(y, torch.tensor([True, False, False, True]), 10).tolist() == [10, 2, 3, 10]
-    assert drop_labels(y, None, 10) is y
-    assert StepDraws(torch.zeros(2), torch.zeros(2, 1), None).local(1, 1).drop is None
+def test_condition_drop_uses_the_null_class():
+    condition = ClassCondition(10)
+    cond = {"y": torch.tensor([1, 2, 3, 4])}
+    assert condition.drop(cond, torch.tensor([True, False, False, True]))["y"].tolist() == [10, 2, 3, 10]
+    assert condition.drop(cond, None) is cond
+    assert StepDraws(torch.zeros(2), torch.zeros(2, 1), None, torch.zeros(2)).local(1, 1).drop is None
 
 
 def test_step_seeds_do_not_collide():
-    seeds = {step_seed(s, k) for s in range(20) for k in range(500)}
+    seeds = {derive_seed(s, k, Stream.STEP) for s in range(20) for k in range(500)}
     assert len(seeds) == 20 * 500 and all(0 <= v < 2**63 for v in seeds)
 
 
@@ -67,14 +71,14 @@ def test_ranks_together_read_what_one_process_reads(flip):
     latents = torch.randn(50, 2, 4, 4)
     labels = torch.arange(50) % 7
     order = BatchOrder(50, 12, seed=3)
-    one = InMemorySource(latents, labels, order, rank=0, local_batch=12, device=CPU, flip=flip)
-    ranks = [InMemorySource(latents, labels, BatchOrder(50, 12, seed=3), rank=r, local_batch=4, device=CPU,
+    one = InMemorySource(latents, {"y": labels}, order, rank=0, local_batch=12, device=CPU, flip=flip)
+    ranks = [InMemorySource(latents, {"y": labels}, BatchOrder(50, 12, seed=3), rank=r, local_batch=4, device=CPU,
                             flip=flip) for r in range(3)]
     for _ in range(6):  # crosses an epoch boundary (4 batches per epoch)
-        x, y = one.next()
+        x, records = one.next()
         parts = [src.next() for src in ranks]
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
-        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[1]["y"] for p in parts]), records["y"])
     if flip:  # flips happen, and they are the same after a "resume" at batch 2
         flips = torch.stack([order.flips(k) for k in range(6)])
         assert 0 < flips.float().mean() < 1

@@ -46,7 +46,7 @@ class FailingDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, fail_at: int):
         self.dataset, self.fail_at = dataset, fail_at
-        for name in ("files", "root", "labels", "num_classes", "class_names", "image_size", "name"):
+        for name in ("files", "root", "labels", "num_classes", "class_names", "image_size", "name", "metas"):
             setattr(self, name, getattr(dataset, name))
 
     def __len__(self):
@@ -81,8 +81,8 @@ def extraction_worker(rank: int, world: int, port: int, folder: str, out: str, k
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from ditlab.commands.extract_latents import extract_latents
         from ditlab.data import build_dataset
+        from ditlab.data.extract import extract_latents
 
         ae = FakeAutoencoder()
         extract_latents(build_dataset(folder, 32, flip=False), ae, out, progress=False, **kwargs)

@@ -14,8 +14,8 @@ import torch
 from latent_fakes import FakeAutoencoder, cache_arrays, extraction_worker
 
 from ditlab.cli import main
-from ditlab.commands.extract_latents import extract_latents
 from ditlab.data import build_dataset
+from ditlab.data.extract import extract_latents
 from ditlab.data.latent_cache import LatentCache
 
 # Runs the CLI with the shard writer wrapped so that the process SIGKILLs itself after the first shard.

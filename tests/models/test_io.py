@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ditlab.errors import CheckpointError, ModelError
-from ditlab.models import create_model, load_pretrained, save_pretrained, validate_labels
+from ditlab.errors import CheckpointError
+from ditlab.models import create_model, load_pretrained, save_pretrained
 
 
 def test_save_load_round_trip(tmp_path, randomize):
@@ -46,17 +46,3 @@ def test_load_errors_name_the_problem(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_pretrained(tmp_path)
-
-
-def test_validate_labels():
-    validate_labels(torch.tensor([0, 9]), 10)
-    validate_labels([3, 4], 10)
-    validate_labels(None, 10)
-    with pytest.raises(ModelError, match=r"class label 10 is outside \[0, 10\): use labels 0..9"):
-        validate_labels(torch.tensor([1, 10]), 10)
-    with pytest.raises(ModelError, match="-1"):
-        validate_labels([-1], 10)
-    with pytest.raises(ModelError, match="unconditional"):
-        validate_labels([0], 0)
-    with pytest.raises(ModelError, match="integers"):
-        validate_labels(torch.tensor([1.5]), 10)

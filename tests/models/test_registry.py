@@ -70,8 +70,10 @@ def test_bad_geometry_errors():
         create_model("DiT-Test/2", num_heads=3)
     with pytest.raises(ModelError, match="unknown block"):
         create_model("DiT-Test/2", block="film")
-    with pytest.raises(ModelError, match="class_dropout_prob"):
-        create_model("DiT-Test/2", class_dropout_prob=1.0)
+    with pytest.raises(ModelError, match="unknown model option"):
+        create_model("DiT-Test/2", class_dropout_prob=0.1)  # dropout is the condition's, not the network's
+    with pytest.raises(ModelError, match="labels or text, not both"):
+        create_model("DiT-Test/2", num_classes=10, context_dim=8)
 
 
 def test_config_round_trip_rebuilds_same_architecture(tmp_path):

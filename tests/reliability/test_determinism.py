@@ -9,11 +9,12 @@ from run_helpers import assert_identical, load_checkpoint, logged_losses
 
 from ditlab.autoencoders import load_autoencoder
 from ditlab.cli import main
+from ditlab.conditioning import ClassCondition
 from ditlab.diffusion import create_process
 from ditlab.models import create_model
+from ditlab.sampling import Pipeline
 from ditlab.training import checkpoint as ckpt
 from ditlab.training import logger
-from ditlab.training.generate import generate
 
 SEEDS = [11, 12, 13, 14, 15, 16, 17]
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 1])
@@ -36,9 +37,11 @@ def test_samples_do_not_depend_on_batch_size_or_process_count(kind, sampler):
     process = create_process(kind) if kind == "flow" else create_process("ddpm", learn_sigma=True)
     model, pixel = _random_dit(process.learn_sigma), load_autoencoder("pixel", channels=1)
 
-    def run(seeds, labels, batch_size):
-        return generate(model, process, pixel, (1, 8, 8), labels, seeds, num_classes=3, sampler=sampler, steps=6,
-                        cfg_scale=2.0, batch_size=batch_size)
+    pipe = Pipeline(model, process, pixel, ClassCondition(3), (1, 8, 8))
+
+    def run(seeds, labels, batch_size):  # sample i of seed 0 has noise seed i
+        return pipe(labels=labels.tolist(), num=len(seeds), indices=seeds, sampler=sampler, steps=6, cfg_scale=2.0,
+                    batch_size=batch_size).images
 
     torch.manual_seed(0)
     whole = run(SEEDS, LABELS, batch_size=len(SEEDS))  # (7, 8, 8, 1) uint8

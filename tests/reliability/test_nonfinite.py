@@ -14,7 +14,7 @@ ARGS = ["train", "--preset", "digits-tiny", "--global_batch_size", "16", "--log_
 
 def _poison(monkeypatch, bad_calls) -> None:
     """Make the training loss NaN on the given (1-based) calls; the real loss otherwise."""
-    import ditlab.training.loop as loop
+    import ditlab.training.run as loop  # where the run's parts are built
 
     real_build = loop.build_process
     calls = {"n": 0}

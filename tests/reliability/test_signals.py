@@ -37,7 +37,7 @@ def test_signal_checkpoints_exits_0_and_resumes_bit_identical(tmp_path, referenc
 
 def _stop_at_call(monkeypatch, call: int):
     """Make the trainer receive a real SIGTERM from inside its ``call``-th training step."""
-    import ditlab.training.loop as loop
+    import ditlab.training.run as loop  # where the run's parts are built
 
     real_build = loop.build_process
     calls = {"n": 0}

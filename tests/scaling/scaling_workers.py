@@ -16,16 +16,17 @@ def sample_many_worker(rank: int, world: int, port: int, run_dir: str, out: str,
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from ditlab.commands.sample_many import sample_many
+    from ditlab.config import load_config
+    from ditlab.sampling import Pipeline
+    from ditlab.sampling.many import sample_many
     from ditlab.training.distributed import DistInfo
     from ditlab.training.periodic_eval import gather_eval_samples
-    from ditlab.training.setup import load_run
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        run = load_run(run_dir)
-        got = gather_eval_samples(run.model, run.process, run.autoencoder, run.latent_shape, run.num_classes,
-                                  run.config, 5, torch.device("cpu"), DistInfo(rank=rank, world_size=world))
+        pipe = Pipeline.from_run(run_dir)
+        got = gather_eval_samples(pipe, load_config(Path(run_dir) / "config.json"), 5,
+                                  DistInfo(rank=rank, world_size=world))
         if rank == 0:
             np.savez(Path(record) / "eval_gather.npz", images=got[0], labels=got[1])
         else:

@@ -9,8 +9,9 @@ import torch
 from conftest import TINY
 
 from ditlab.cli import main
-from ditlab.config import resolve_config
+from ditlab.config import load_config, resolve_config
 from ditlab.errors import ConfigError
+from ditlab.sampling import Pipeline
 from ditlab.training.checkpoint import latest_checkpoint, load_weights
 from ditlab.training.periodic_eval import (
     PLOT_NAME,
@@ -20,7 +21,6 @@ from ditlab.training.periodic_eval import (
     read_eval_history,
     reference_images,
 )
-from ditlab.training.setup import load_run
 
 EVAL = ["--eval_every", "2", "--eval_fid_num", "4", "--eval_ref_num", "8"]
 
@@ -48,11 +48,10 @@ def test_logged_fid_is_the_fid_of_the_ema_samples(tiny_run, tmp_path, monkeypatc
     assert (run / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # recompute the step-4 FID by hand: same samples (seed i, labels by seed), same 8 reference digits
-    loaded = load_run(run)
-    assert loaded.step == 4
-    config = loaded.config
-    images, labels = eval_samples(loaded.model, loaded.process, loaded.autoencoder, loaded.latent_shape,
-                                  loaded.num_classes, config, range(4), torch.device("cpu"))
+    loaded = Pipeline.from_run(run)
+    assert loaded.info["step"] == 4
+    config = load_config(run / "config.json")
+    images, labels = eval_samples(loaded, config, range(4))
     dataset = build_dataset("digits", 8, flip=False)
     ref = reference_images(config, dataset, 8)
     all_images, _ = dataset.tensors()

@@ -11,10 +11,10 @@ from PIL import Image
 from scaling_workers import sample_many_worker
 
 from ditlab.cli import main
-from ditlab.commands.sample_many import sample_many, sample_name, write_adm_npz
-from ditlab.training.generate import generate
-from ditlab.training.periodic_eval import eval_samples, sample_labels
-from ditlab.training.setup import load_run
+from ditlab.config import load_config
+from ditlab.sampling import Pipeline
+from ditlab.sampling.many import random_labels, sample_many, sample_name, write_adm_npz
+from ditlab.training.periodic_eval import eval_samples
 
 
 def _free_port() -> int:
@@ -25,28 +25,26 @@ def _free_port() -> int:
 
 def _reference(run_dir, num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """What one process makes for samples 0..num-1: labels by (seed, i), noise seed seed + i, as RGB."""
-    run = load_run(run_dir)
-    labels = sample_labels(seed, range(num), run.num_classes)
-    images = generate(run.model, run.process, run.autoencoder, run.latent_shape, labels,
-                      [seed + i for i in range(num)], num_classes=run.num_classes, sampler=run.config.sampler,
-                      steps=run.config.sample_steps, cfg_scale=run.config.cfg_scale)  # (N, 8, 8, 1)
+    pipe = Pipeline.from_run(run_dir)
+    labels = random_labels(seed, range(num), pipe.condition.num_classes)
+    images = pipe(labels=labels.tolist(), num=num, seed=seed).images  # (N, 8, 8, 1)
     return np.repeat(images, 3, axis=-1), labels.numpy()
 
 
 def test_labels_are_uniform_and_fixed_by_seed_and_index():
-    labels = sample_labels(7, range(100_000), 10)
+    labels = random_labels(7, range(100_000), 10)
     counts = np.bincount(labels.numpy(), minlength=10)
     chi2 = float(((counts - 10_000) ** 2 / 10_000).sum())
     assert chi2 < 33.7  # chi-square, 9 degrees of freedom: p = 1e-4
     # the label of sample i depends on (seed, i) only: any subset, any order, any total
     idx = [99_999, 5, 12_345, 0]
-    assert sample_labels(7, idx, 10).tolist() == labels[idx].tolist()
-    assert sample_labels(7, range(50), 10).tolist() == labels[:50].tolist()
-    assert (sample_labels(8, range(1000), 10) != labels[:1000]).float().mean() > 0.8  # another seed, other labels
+    assert random_labels(7, idx, 10).tolist() == labels[idx].tolist()
+    assert random_labels(7, range(50), 10).tolist() == labels[:50].tolist()
+    assert (random_labels(8, range(1000), 10) != labels[:1000]).float().mean() > 0.8  # another seed, other labels
     # neighbouring indices are not correlated (a lag-1 pair hits the same class about 1/10 of the time)
     same = float((labels[1:] == labels[:-1]).float().mean())
     assert abs(same - 0.1) < 0.006
-    assert sample_labels(7, range(3), 0).tolist() == [0, 0, 0]
+    assert random_labels(7, range(3), 0).tolist() == [0, 0, 0]
 
 
 @pytest.mark.slow  # two processes start torch: ~30-50 s on 2 busy cores
@@ -67,9 +65,7 @@ def test_two_gloo_ranks_split_without_gaps_and_match_one_process(tiny_run, tmp_p
         np.testing.assert_array_equal(z["arr_0"], ref_images)  # bit-identical to one process
         np.testing.assert_array_equal(z["labels"], ref_labels)
     # the in-training evaluation split (every world-th sample per rank, gathered) is one process's set
-    run = load_run(tiny_run)
-    one = eval_samples(run.model, run.process, run.autoencoder, run.latent_shape, run.num_classes, run.config,
-                       range(5), torch.device("cpu"))
+    one = eval_samples(Pipeline.from_run(tiny_run), load_config(tiny_run / "config.json"), range(5))
     with np.load(record / "eval_gather.npz") as z:
         np.testing.assert_array_equal(z["images"], one[0])
         np.testing.assert_array_equal(z["labels"], one[1])
@@ -80,7 +76,7 @@ def test_resume_makes_only_missing_samples_and_refuses_other_settings(tiny_run, 
     first = sample_many(tiny_run, 6, out, batch_size=4, device="cpu", progress=False)
     assert first.generated == list(range(6))
     before = np.load(out / "samples.npz")["arr_0"]
-    labels = sample_labels(0, range(8), 10).tolist()
+    labels = random_labels(0, range(8), 10).tolist()
     for i in (1, 4):
         (out / "images" / sample_name(i, labels[i])).unlink()
     (out / "images" / ".000002_class0.png.tmp").write_bytes(b"half a png")  # a killed write

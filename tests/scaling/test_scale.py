@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ditlab.cli import main
+from ditlab.config import load_config
 from ditlab.evaluation.flops import count_gflops
 from ditlab.evaluation.scaling import MnistFrechet
 from ditlab.models import model_from_config
+from ditlab.sampling import Pipeline
 from ditlab.training.periodic_eval import eval_samples
-from ditlab.training.setup import load_run
 
 ARGS = ["--models", "DiT-S/8,DiT-S/4", "--budget", "4", "--eval-steps", "2", "--eval-num", "20", "--shrink", "6",
         "--image_size", "8", "--autoencoder", "pixel", "--global_batch_size", "16", "--sample_steps", "4",
@@ -31,12 +31,12 @@ def test_study_numbers_resume_and_refusals(tmp_path, monkeypatch, capsys):
     # the numbers are those of the runs' final EMA models, scored again by hand
     scorer = MnistFrechet(8)
     for entry in study["models"]:
-        run = load_run(out / "runs" / entry["name"].replace("/", "-"))
-        assert run.step == 4 and run.config.model == entry["name"] and run.config.patch_size == entry["patch_size"]
+        run_dir = out / "runs" / entry["name"].replace("/", "-")
+        run, config = Pipeline.from_run(run_dir), load_config(run_dir / "config.json")
+        assert run.info["step"] == 4 and config.model == entry["name"] and config.patch_size == entry["patch_size"]
         assert entry["gflops"] == pytest.approx(count_gflops(model_from_config(run.model.config, device="meta")))
         assert entry["params"] == sum(p.numel() for p in run.model.parameters())
-        images, labels = eval_samples(run.model, run.process, run.autoencoder, run.latent_shape, run.num_classes,
-                                      run.config, range(20), torch.device("cpu"))
+        images, labels = eval_samples(run, config, range(20))
         again = scorer.score(images, labels)
         assert entry["evals"][-1]["mnist_fd"] == pytest.approx(again["mnist_fd"], rel=1e-9)
         assert entry["evals"][-1]["mnist_accuracy"] == again["mnist_accuracy"]

@@ -25,11 +25,3 @@ def test_ema_matches_closed_form():
         expected = 0.5 * expected + 0.5 * model.weight.detach()
     assert torch.allclose(ema.shadow.weight, expected)
     assert not ema.shadow.weight.requires_grad
-
-
-def test_ema_state_round_trip():
-    model = torch.nn.Linear(2, 2)
-    ema = EMA(model, decay=0.9)
-    other = EMA(torch.nn.Linear(2, 2), decay=0.9)
-    other.load_state_dict(ema.state_dict())
-    assert torch.equal(other.shadow.weight, ema.shadow.weight)

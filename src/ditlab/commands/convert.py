@@ -5,8 +5,11 @@
     ditlab convert to-official MODEL_DIR OUT.pt
     ditlab convert to-diffusers MODEL_DIR OUT_DIR
 
-OUT_DIR of the first two is a ditlab model directory (config.json + model.safetensors), which
-``load_pretrained`` and ``create_model(OUT_DIR)`` read. Everything stays local: no hub downloads.
+OUT_DIR of the first two is a ditlab model directory (config.json + model.safetensors + pipeline.json), which
+``load_pretrained`` and ``create_model(OUT_DIR)`` read and ``ditlab sample OUT_DIR --autoencoder VAE`` samples:
+pipeline.json holds the process and sampler the published weights were trained and sampled with (the
+paper's: DDPM, linear schedule, 1000 steps, learned sigma; DDPM sampler, 250 steps, guidance 4).
+Everything stays local: no hub downloads.
 """
 from __future__ import annotations
 
@@ -50,20 +53,32 @@ def _load_diffusers_transformer(src: Path):
         raise CheckpointError(f"cannot load a DiTTransformer2DModel from {src} ({err}): check the directory") from None
 
 
+def write_pipeline_spec(model, dest: Path) -> None:
+    """``pipeline.json``: how ``Pipeline.from_pretrained`` samples a converted DiT (the paper's process,
+    sampler and guidance; a class condition with the checkpoint's label count)."""
+    from ditlab.files import atomic_write_json
+    from ditlab.sampling.loading import OFFICIAL_PROCESS, OFFICIAL_SAMPLING, PIPELINE_FILE
+
+    cfg = model.config
+    condition = {"kind": "class", "num_classes": cfg.num_classes} if cfg.num_classes else {"kind": "none"}
+    atomic_write_json(dest / PIPELINE_FILE, {"process": {**OFFICIAL_PROCESS, "learn_sigma": cfg.learn_sigma},
+                                            "sampling": OFFICIAL_SAMPLING, "condition": condition})
+
+
 def run(args: argparse.Namespace) -> int:
     from ditlab.interop import from_diffusers, from_official, read_checkpoint, to_diffusers, to_official
     from ditlab.models import load_pretrained, save_pretrained
 
     src, dest = Path(args.source), Path(args.dest)
     overrides = dict(num_classes=args.num_classes, input_size=args.input_size)
-    if args.format == "official":
-        model = from_official(read_checkpoint(src), args.model, **overrides)
-        model.config.extra["converted_from"] = f"official:{src.name}"
+    if args.format in ("official", "diffusers"):
+        if args.format == "official":
+            model = from_official(read_checkpoint(src), args.model, **overrides)
+        else:
+            model = from_diffusers(_load_diffusers_transformer(src), args.model, **overrides)
+        model.config.extra["converted_from"] = f"{args.format}:{src.name}"
         save_pretrained(model, dest)
-    elif args.format == "diffusers":
-        model = from_diffusers(_load_diffusers_transformer(src), args.model, **overrides)
-        model.config.extra["converted_from"] = f"diffusers:{src.name}"
-        save_pretrained(model, dest)
+        write_pipeline_spec(model, dest)
     elif args.format == "to-official":
         sd = to_official(load_pretrained(src))
         dest.parent.mkdir(parents=True, exist_ok=True)

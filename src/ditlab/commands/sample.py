@@ -1,18 +1,32 @@
-"""``ditlab sample RUN_DIR``: class-conditional samples from a trained run (EMA weights) to PNG / ADM npz."""
+"""``ditlab sample RUN_OR_MODEL_DIR``: samples from a trained run (EMA weights) or a converted model folder,
+to a labelled grid PNG, individual PNGs and an ADM ``.npz``. All generation goes through
+``ditlab.sampling.Pipeline``."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 NAME = "sample"
-HELP = "sample images from a trained run: a grid PNG, optional individual PNGs and an ADM .npz"
+HELP = "sample images from a trained run or a model folder: a grid PNG, optional individual PNGs and an ADM .npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="run directory written by `ditlab train`")
-    parser.add_argument("--class", dest="classes", default="all",
-                        help="one label, a comma-separated list, or 'all' (default)")
-    parser.add_argument("--num", type=int, default=64, help="total number of samples, spread evenly over the classes")
+    parser.add_argument("run_dir", metavar="RUN_OR_MODEL_DIR",
+                        help="run directory written by `ditlab train`, or a model folder from `ditlab convert`")
+    parser.add_argument("--autoencoder", default=None,
+                        help="autoencoder for a model folder that names none: a diffusers AutoencoderKL folder, "
+                             "a `ditlab train-vae` folder, or pixel")
+    parser.add_argument("--class", dest="classes", default=None,
+                        help="class models: one label or name, a comma-separated list, or 'all' (default)")
+    parser.add_argument("--prompt", default=None, help="text models: the prompt")
+    parser.add_argument("--prompts-file", default=None,
+                        help="text models: a file with one prompt per line; --num samples are spread over them")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="text models: the unconditional branch of guidance uses this prompt")
+    parser.add_argument("--text_encoder", "--text-encoder", dest="text_encoder", default=None,
+                        help="text encoder for a model folder that names none (minilm or a local folder)")
+    parser.add_argument("--num", type=int, default=64, help="total number of samples, spread evenly over the "
+                                                             "classes or prompts")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the run's)")
     parser.add_argument("--sampler", default=None, help="sampler name (default: the run's)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
@@ -20,39 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
     parser.add_argument("--out-dir", default=None, help="also write each sample as DIR/000000_class3.png")
-    parser.add_argument("--out-npz", default=None, help="also write an ADM .npz (arr_0 N×H×W×C uint8, labels)")
+    parser.add_argument("--out-npz", default=None, help="also write an ADM .npz (arr_0 N×H×W×C uint8, labels/prompts)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
 
 
-def parse_classes(text: str, num_classes: int) -> list[int]:
-    """``'all'``, ``'3'`` or ``'1,2,7'`` -> labels, each checked against the model's classes."""
+def _check_args(args: argparse.Namespace) -> None:
     from ditlab.errors import UserError
-
-    if num_classes == 0:
-        if text not in ("all", ""):
-            raise UserError("this model is unconditional: drop --class")
-        return [0]
-    if text.strip().lower() == "all":
-        return list(range(num_classes))
-    labels = []
-    for part in text.split(","):
-        try:
-            label = int(part)
-        except ValueError:
-            raise UserError(f"--class '{part}' is not a number: give labels like 3 or 1,2,7 or all") from None
-        if not 0 <= label < num_classes:
-            raise UserError(f"--class {label} is outside the model's classes 0..{num_classes - 1}: pick one of those")
-        labels.append(label)
-    return labels
-
-
-def run(args: argparse.Namespace) -> int:
-
-    from ditlab.errors import UserError
-    from ditlab.training.final_eval import spread_labels
-    from ditlab.training.generate import check_sampling, check_writable, generate, save_grid, save_npz, save_png
-    from ditlab.training.setup import load_run, pick_device
 
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
@@ -62,32 +50,71 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--cfg must be >= 0, got {args.cfg}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.prompt is not None and args.prompts_file is not None:
+        raise UserError("give --prompt or --prompts-file, not both")
+    if args.classes is not None and (args.prompt is not None or args.prompts_file is not None):
+        raise UserError("give --class (class models) or --prompt (text models), not both")
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts of a file, one per line (blank lines skipped); a one-line UserError if unreadable or empty."""
+    from ditlab.errors import UserError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prompts file '{path}' not found: check the path") from None
+    except UnicodeDecodeError:
+        raise UserError(f"prompts file '{path}' is not UTF-8 text: save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read prompts file '{path}' ({err.strerror}): check the path") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file '{path}' holds no prompt: write one prompt per line")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ditlab.devices import pick_device
+    from ditlab.sampling import Pipeline, check_sampling, check_writable, save_grid, save_npz, save_png
+    from ditlab.sampling.outputs import row_labels_for
+
+    _check_args(args)
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else None
+    if args.prompt is not None:
+        prompts = [args.prompt]
     out = check_writable(args.out)
     npz = check_writable(args.out_npz) if args.out_npz else None
     device = pick_device(args.device)
-    run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=device)
-    classes = parse_classes(args.classes, run_.num_classes)
-    labels = spread_labels(classes, args.num)
-    cfg = run_.config.cfg_scale if args.cfg is None else args.cfg
-    steps = args.steps or run_.config.sample_steps
-    sampler = args.sampler or run_.config.sampler or None
-    check_sampling(run_.process, sampler, steps)  # fail before the progress bar starts
-    from tqdm import tqdm
-
+    pipe = Pipeline.load(args.run_dir, ema=not args.no_ema, device=device, autoencoder=args.autoencoder,
+                         text_encoder=args.text_encoder)
+    pipe.check_request(labels=args.classes, prompts=prompts)  # a prompt for a class model, ... : one line
+    labels = pipe.condition.parse(args.classes or "all") if pipe.condition.kind == "class" else None
+    check_sampling(pipe.process, args.sampler or pipe.defaults.sampler, args.steps or pipe.defaults.steps)
+    batches = -(-args.num // args.batch_size)
     with tqdm(total=args.num, desc="sample", unit="img") as bar:
-        images = generate(run_.model, run_.process, run_.autoencoder, run_.latent_shape, labels,
-                          [args.seed + i for i in range(args.num)], num_classes=run_.num_classes,
-                          sampler=sampler, steps=steps, cfg_scale=cfg, batch_size=args.batch_size,
-                          device=device, progress=bar.update)
-    per_class = args.num // len(classes)
-    save_grid(images, out, ncols=per_class if 1 < per_class <= 16 and len(classes) > 1 else None)
-    label_array = labels.numpy() if run_.num_classes else None
+        def progress(step):
+            if step.step == step.total:
+                bar.update(min(args.batch_size, args.num - step.start))
+
+        got = pipe(labels=labels, prompts=prompts, num=args.num, seed=args.seed, sampler=args.sampler,
+                   steps=args.steps, cfg_scale=args.cfg, negative_prompt=args.negative_prompt,
+                   batch_size=args.batch_size, callback=progress if batches else None)
+    groups = len(labels) if labels is not None else (len(prompts) if prompts else 1)
+    per_group = args.num // groups
+    ncols = per_group if 1 < per_group <= 16 and groups > 1 else None
+    if ncols is None and groups == 1 and len(set(got.descriptions)) == 1 and got.descriptions[0]:
+        ncols = min(args.num, 8)
+    rows = row_labels_for(got.descriptions, ncols) if ncols else None
+    save_grid(got.images, out, ncols=ncols, row_labels=rows)
     if npz is not None:
-        save_npz(images, label_array, npz)
+        save_npz(got.images, npz, labels=got.labels, prompts=got.prompts)
     if args.out_dir:
         folder = Path(args.out_dir)
-        for i, image in enumerate(images):
-            suffix = f"_class{int(labels[i])}" if run_.num_classes else ""
+        for i, image in enumerate(got.images):
+            suffix = f"_class{int(got.labels[i])}" if got.labels is not None else ""
             save_png(image, folder / f"{i:06d}{suffix}.png")
     print(f"wrote {args.num} samples: {out}" + (f", {npz}" if npz else "")
           + (f", {args.out_dir}/" if args.out_dir else ""))

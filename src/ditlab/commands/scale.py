@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("ditlab scale trains from --data (it builds each model's data once): drop --latents")
 
     from ditlab.data import build_dataset
-    from ditlab.training.setup import pick_device
+    from ditlab.devices import pick_device
 
     device = pick_device(base.device)
     dataset = build_dataset(base.data, base.image_size, flip=False)
@@ -168,28 +168,27 @@ def _train_and_score(config, step: int, scorer, eval_num: int, device, entry: di
     from ditlab.errors import ProcessError
     from ditlab.evaluation.flops import count_gflops
     from ditlab.models import model_from_config
+    from ditlab.sampling import Pipeline
     from ditlab.training.loop import train
     from ditlab.training.periodic_eval import eval_samples
-    from ditlab.training.setup import load_run
 
     t0 = time.perf_counter()
     result = train(config)
     entry["train_seconds"] = round(entry["train_seconds"] + time.perf_counter() - t0, 1)
     if result.stopped_early:
         raise ProcessError(f"training of {config.model} stopped at step {result.step}: rerun the same command")
-    run = load_run(config.run_dir, device=device)
-    if run.step != step:
-        raise ProcessError(f"'{config.run_dir}' is at step {run.step}, not {step}: it was trained further by "
-                           f"another command; delete it and rerun")
+    pipe = Pipeline.from_run(config.run_dir, device=device)
+    if pipe.info["step"] != step:
+        raise ProcessError(f"'{config.run_dir}' is at step {pipe.info['step']}, not {step}: it was trained further "
+                           f"by another command; delete it and rerun")
     if "gflops" not in entry:
-        meta = model_from_config(run.model.config, device="meta")
+        meta = model_from_config(pipe.model.config, device="meta")
         entry["gflops"] = count_gflops(meta)
-        entry["params"] = sum(p.numel() for p in run.model.parameters())
-        h, w = run.model.config.input_size
-        entry["tokens"] = (h // run.model.config.patch_size) * (w // run.model.config.patch_size)
+        entry["params"] = sum(p.numel() for p in pipe.model.parameters())
+        h, w = pipe.model.config.input_size
+        entry["tokens"] = (h // pipe.model.config.patch_size) * (w // pipe.model.config.patch_size)
     t1 = time.perf_counter()
-    images, labels = eval_samples(run.model, run.process, run.autoencoder, run.latent_shape, run.num_classes,
-                                  config, range(eval_num), device)
+    images, labels = eval_samples(pipe, config, range(eval_num))
     values = scorer.score(images, labels)
     record = {"step": step, **values, "eval_seconds": round(time.perf_counter() - t1, 1),
               "train_seconds": entry["train_seconds"]}

@@ -16,7 +16,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mnist", help=f"named recipe: {', '.join(PRESETS)} (default mnist)")
     parser.add_argument("--config", metavar="YAML", help="YAML file of key: value overrides")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.epilog = "Any config field is a flag: --key value (e.g. --steps 500 --lr 2e-4 --run_dir runs/x)."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = config_fields_help()
+
+
+def config_fields_help() -> str:
+    """Every training config field as a flag, with type, default and description (from the dataclass)."""
+    import dataclasses
+
+    from ditlab.config import TrainConfig, _field_type
+
+    lines = ["config fields (any of them is a flag: --key value, e.g. --steps 500 --lr 2e-4; a preset sets",
+             "some, a YAML file or flags override them; [resumable]: may change when a run resumes):"]
+    for f in dataclasses.fields(TrainConfig):
+        tp, optional = _field_type(f.name)
+        kind = tp.__name__ + (" or none" if optional else "")
+        note = " [resumable]" if f.metadata.get("resumable") else ""
+        lines.append(f"  --{f.name} {kind.upper()} (default {f.default!r}){note}")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

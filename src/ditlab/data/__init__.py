@@ -2,7 +2,8 @@
 
 ``build_dataset(spec, image_size)`` is the one entry point: ``spec`` is a built-in name
 (see ``BUILTIN_DATASETS``) or a path to an image folder. Every dataset yields
-``(image float (C, H, W) in [-1, 1], label int64)`` and carries ``num_classes``, ``class_names``,
+``(image float (C, H, W) in [-1, 1], meta dict)`` (``{"label": k}`` or ``{}``), has ``metas()`` (every
+item's meta without decoding images) and carries ``num_classes``, ``class_names``,
 ``channels``, ``image_size`` and ``name``.
 """
 from __future__ import annotations

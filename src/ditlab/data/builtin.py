@@ -110,7 +110,7 @@ def _load_digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class BuiltinDataset(torch.utils.data.Dataset):
-    """An in-memory grayscale digit dataset; items are (image (C, H, W) in [-1, 1], label)."""
+    """An in-memory grayscale digit dataset; items are (image (C, H, W) in [-1, 1], {"label": digit})."""
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, flip: bool):
         self.name = name
@@ -125,11 +125,15 @@ class BuiltinDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self._images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image = uint8_to_tensor(self._images[index])
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
-        return image, self._labels[index]
+        return image, {"label": int(self._labels[index])}
+
+    def metas(self) -> list[dict]:
+        """Every item's metadata (``{"label": digit}``), without touching the images."""
+        return [{"label": int(y)} for y in self._labels.tolist()]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split: uint8 images (N, C, H, W) and int64 labels (N,), unflipped."""

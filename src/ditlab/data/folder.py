@@ -40,7 +40,7 @@ def _scan(folder: Path) -> list[str]:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Images from ``root``; items are (image float (C, H, W) in [-1, 1], label int64) or ``None``.
+    """Images from ``root``; items are (image float (C, H, W) in [-1, 1], meta dict) or ``None``.
 
     With class subfolders, labels are the indices of the sorted subfolder names; a flat folder is
     unconditional (``num_classes == 0``, every label 0).
@@ -106,7 +106,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             im = to_mode(im, self.channels)
         return uint8_to_tensor(center_crop_arr(im, self.image_size))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def metas(self) -> list[dict]:
+        """Every item's metadata (``{"label": class index}``, or ``{}`` for a flat folder), no decoding."""
+        if not self.class_names:
+            return [{} for _ in self.files]
+        return [{"label": int(y)} for y in self.labels.tolist()]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | None:
         try:
             image = self.load(index)
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
@@ -116,7 +122,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return None
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)  # horizontal flip of (C, H, W)
-        return image, self.labels[index]
+        return image, ({"label": int(self.labels[index])} if self.class_names else {})
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -145,10 +151,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 class Batch(tuple):
-    """A collated batch that unpacks as ``images, labels = batch``; ``batch.skipped`` counts dropped items."""
+    """A collated batch that unpacks as ``images, metas = batch``.
 
-    def __new__(cls, images: torch.Tensor, labels: torch.Tensor, skipped: int = 0) -> Batch:
-        self = super().__new__(cls, (images, labels))
+    ``batch.kept`` lists the positions (within the requested batch) of the items that decoded, and
+    ``batch.skipped`` counts the ones dropped as unreadable.
+    """
+
+    def __new__(cls, images: torch.Tensor, metas: list[dict], kept: Sequence[int] = (), skipped: int = 0) -> Batch:
+        self = super().__new__(cls, (images, list(metas)))
+        self.kept = list(kept)
         self.skipped = int(skipped)
         return self
 
@@ -157,34 +168,30 @@ class Batch(tuple):
         return self[0]  # (N, C, H, W)
 
     @property
-    def labels(self) -> torch.Tensor:
-        return self[1]  # (N,)
+    def metas(self) -> list[dict]:
+        return self[1]
 
     def pin_memory(self) -> Batch:
-        # DataLoader(pin_memory=True) calls this; rebuilding a plain tuple would drop ``skipped``.
-        return Batch(self[0].pin_memory(), self[1].pin_memory(), self.skipped)
+        # DataLoader(pin_memory=True) calls this; rebuilding a plain tuple would drop ``kept``/``skipped``.
+        return Batch(self[0].pin_memory(), self[1], self.kept, self.skipped)
 
     def __reduce__(self):
-        # Batches travel from DataLoader workers by pickle; keep ``skipped`` on the way.
-        return (Batch, (self[0], self[1], self.skipped))
+        # Batches travel from DataLoader workers by pickle; keep ``kept`` and ``skipped`` on the way.
+        return (Batch, (self[0], self[1], self.kept, self.skipped))
 
     def __repr__(self) -> str:
-        return f"Batch(images={tuple(self[0].shape)}, labels={tuple(self[1].shape)}, skipped={self.skipped})"
+        return f"Batch(images={tuple(self[0].shape)}, kept={len(self.kept)}, skipped={self.skipped})"
 
 
-def collate_skip_bad(items: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> Batch:
+def collate_skip_bad(items: Sequence[tuple[torch.Tensor, dict] | None]) -> Batch:
     """Stack the good items of a batch and drop the ``None`` ones (unreadable files).
 
-    Returns ``Batch(images (n, C, H, W), labels (n,))`` with ``n`` the number of good items and
-    ``batch.skipped`` the number dropped. When every item failed, ``images`` is empty (shape (0,))
-    and the caller should skip the batch (``if len(batch.labels) == 0: continue``).
-    The full list of failed files is ``dataset.bad_files()``.
+    Returns ``Batch(images (n, C, H, W), metas)`` with ``n`` the number of good items, ``batch.kept``
+    their positions in ``items`` and ``batch.skipped`` the number dropped. When every item failed,
+    ``images`` is empty (shape (0,)) and the caller should skip the batch. The full list of failed
+    files is ``dataset.bad_files()``.
     """
-    good = [it for it in items if it is not None]
-    skipped = len(items) - len(good)
-    if good:
-        images = torch.stack([g[0] for g in good])  # (n, C, H, W)
-        labels = torch.stack([torch.as_tensor(g[1], dtype=torch.int64) for g in good])  # (n,)
-    else:
-        images, labels = torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return Batch(images, labels, skipped)
+    kept = [i for i, it in enumerate(items) if it is not None]
+    good = [items[i] for i in kept]
+    images = torch.stack([g[0] for g in good]) if good else torch.empty(0)  # (n, C, H, W)
+    return Batch(images, [dict(g[1]) for g in good], kept, len(items) - len(good))

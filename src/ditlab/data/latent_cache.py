@@ -10,9 +10,13 @@ A cache directory holds::
     shard-00000.npy     latents of dataset items [0, S): float16/float32 array (n, 2, C, h, w),
                         [:, 0] the image and [:, 1] its horizontal flip; unreadable images have no row
     shard-00000.json    the shard's receipt, written after its .npy is in place: dataset indices
-                        and labels of the rows, unreadable files, byte size and sha256 of the .npy
-    labels.npy          int64 (N,) labels of all rows, shard after shard
+                        of the rows, unreadable files, byte size and sha256 of the .npy
+    records.safetensors the condition's records of all rows, shard after shard (e.g. ``y`` (N,) labels;
+                        see ``ditlab.conditioning``); the condition itself is described in index.json
+    condition/          what a condition keeps beside its records (a text condition's caption features)
     index.json          written last: a cache is complete exactly when index.json exists
+
+Version 1 caches (``labels.npy`` instead of records) still load: their labels become class records.
 
 Every file is written under a temporary name and renamed, so an interruption leaves whole shards
 or no shard; a shard whose .npy does not match its receipt counts as missing.
@@ -31,14 +35,18 @@ import numpy as np
 import torch
 
 from ditlab.errors import DataError
+from ditlab.files import atomic_write, atomic_write_json
 
 FORMAT = "ditlab-latent-cache"
-VERSION = 1
-PLAN, INDEX, LABELS = "plan.json", "index.json", "labels.npy"
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PLAN, INDEX, LABELS, RECORDS = "plan.json", "index.json", "labels.npy", "records.safetensors"
+CONDITION_DIR = "condition"
+OWN_FILES = (PLAN, INDEX, LABELS, RECORDS, CONDITION_DIR)  # what an --overwrite may delete
 DTYPES = ("float16", "float32")
 # Settings that must agree for a resumed extraction to continue the same cache.
 PLAN_KEYS_THAT_MUST_MATCH = (
-    "dataset.num_items", "dataset.fingerprint", "image_size", "autoencoder.identity",
+    "version", "condition", "dataset.num_items", "dataset.fingerprint", "image_size", "autoencoder.identity",
     "latent_shape", "dtype", "posterior", "seed", "shard_size",
 )
 
@@ -55,16 +63,11 @@ def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (never a half file)."""
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_json(path, obj, indent=1)
 
 
 def read_json(path: Path) -> Any:
@@ -91,12 +94,12 @@ def plan_mismatch(old: dict, new: dict) -> str | None:
 
 def write_shard(
     root: Path, k: int, start: int, stop: int, latents: np.ndarray,
-    items: list[int], labels: list[int], bad: list[str], bad_items: list[int] = (),
+    items: list[int], bad: list[str], bad_items: list[int] = (),
 ) -> None:
     """Write shard ``k`` (latents (n, 2, C, h, w) of dataset items ``items``) and its receipt;
     ``bad`` names the unreadable files of the shard, ``bad_items`` their dataset indices."""
-    if latents.shape[0] != len(items) or len(items) != len(labels):
-        raise ValueError(f"shard {k}: {latents.shape[0]} rows, {len(items)} items, {len(labels)} labels")
+    if latents.shape[0] != len(items):
+        raise ValueError(f"shard {k}: {latents.shape[0]} rows, {len(items)} items")
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(latents), allow_pickle=False)
     data = buf.getvalue()
@@ -104,7 +107,7 @@ def write_shard(
     write_atomic(root / f"{stem}.npy", data)
     receipt = {
         "shard": k, "start": start, "stop": stop, "rows": len(items), "items": items,
-        "labels": labels, "bad": bad, "bad_items": list(bad_items), "nbytes": len(data),
+        "bad": bad, "bad_items": list(bad_items), "nbytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     write_json_atomic(root / f"{stem}.json", receipt)
@@ -123,22 +126,35 @@ def read_receipt(root: Path, k: int, start: int, stop: int) -> dict | None:
     return receipt
 
 
+def is_temporary(path: Path) -> bool:
+    """A temporary file of ``ditlab.files.atomic_write`` (``.NAME.tmpPID.suffix``) or of older versions
+    (``NAME.tmp.PID``)."""
+    return (path.name.startswith(".") and ".tmp" in path.name) or ".tmp." in path.name
+
+
 def remove_stale_temporaries(root: Path) -> None:
     """Delete the temporary files an interrupted extraction left behind."""
-    for p in root.glob("*.tmp.*"):
-        p.unlink(missing_ok=True)
+    for p in root.iterdir():
+        if is_temporary(p) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
-def finalize(root: Path, plan: dict, receipts: list[dict]) -> dict:
-    """Write ``labels.npy`` and then ``index.json`` (which marks the cache complete); return the index."""
-    labels = np.array([lab for r in receipts for lab in r["labels"]], dtype=np.int64)
-    buf = io.BytesIO()
-    np.save(buf, labels, allow_pickle=False)
-    write_atomic(root / LABELS, buf.getvalue())
+def finalize(root: Path, plan: dict, receipts: list[dict], condition, metas: list[dict]) -> dict:
+    """Write the rows' condition records (and what the condition keeps beside them), then ``index.json``
+    (which marks the cache complete); return the index.
+
+    ``metas`` are the dataset items' metadata (``dataset.metas()``), indexed by dataset index.
+    """
+    from safetensors.torch import save_file
+
+    items = [i for r in receipts for i in r["items"]]
+    records = condition.records([metas[i] for i in items])
+    atomic_write(root / RECORDS, lambda tmp: save_file({k: v.contiguous() for k, v in records.items()}, str(tmp)))
+    condition.save(root / CONDITION_DIR)
     index = {
         **{k: v for k, v in plan.items() if k != "format"},
         "format": FORMAT,
-        "num_items": int(labels.shape[0]),
+        "num_items": len(items),
         "skipped": [b for r in receipts for b in r["bad"]],
         "shards": [
             {"file": f"{shard_stem(r['shard'])}.npy", "rows": r["rows"], "nbytes": r["nbytes"],
@@ -150,11 +166,39 @@ def finalize(root: Path, plan: dict, receipts: list[dict]) -> dict:
     return index
 
 
+def _records_v1(root: Path, raw: dict, rows: int, redo: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Records and condition description of a version-1 cache (labels.npy)."""
+    try:
+        labels = np.load(root / LABELS, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {root / LABELS} ({err}); {redo}") from err
+    if labels.shape != (rows,):
+        raise DataError(f"{root / LABELS} does not match the shards; {redo}")
+    num_classes = int(raw["dataset"]["num_classes"])
+    if num_classes == 0:
+        return {}, {"kind": "none"}
+    names = list(raw["dataset"].get("class_names", []))
+    return ({"y": torch.from_numpy(labels.astype(np.int64))},
+            {"kind": "class", "num_classes": num_classes, "class_names": names})
+
+
+def _records_v2(root: Path, rows: int, redo: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        records = load_file(str(root / RECORDS))
+    except Exception as err:  # safetensors raises its own types for damaged files
+        raise DataError(f"cannot read {root / RECORDS} ({err}); {redo}") from None
+    bad = [k for k, v in records.items() if v.shape[0] != rows]
+    if bad:
+        raise DataError(f"{root / RECORDS} does not match the shards ({bad[0]}); {redo}")
+    return records
+
+
 @dataclass(frozen=True)
 class LatentCacheIndex:
-    """What a cache holds: ``labels`` (N,) int64, latent (C, h, w), and how it was made."""
+    """What a cache holds: latent (C, h, w), the condition's description, and how it was made."""
 
-    labels: np.ndarray
     latent_shape: tuple[int, int, int]
     autoencoder_identity: str
     autoencoder_source: str
@@ -165,29 +209,34 @@ class LatentCacheIndex:
     dtype: str
     posterior: str
     dataset: str
+    condition: dict = field(default_factory=dict)  # Condition.to_dict() of the records
     skipped: list[str] = field(default_factory=list)
     shard_rows: tuple[int, ...] = ()
+    version: int = VERSION
 
 
 class LatentCache:
     """Read access to a complete latent cache; shards are memory-mapped on first use.
 
-    ``get(i, flip)`` returns latent ``i`` (C, h, w) as float32, the flipped image's when ``flip``.
+    ``get(i, flip)`` returns latent ``i`` (C, h, w) as float32, the flipped image's when ``flip``;
+    ``records`` holds the condition's records of every row and ``condition()`` rebuilds the condition.
     Pickles without its memory maps, so it can go to DataLoader workers.
     """
 
-    def __init__(self, root: Path, raw: dict, labels: np.ndarray):
+    def __init__(self, root: Path, raw: dict, records: dict[str, torch.Tensor], condition: dict):
         self.root = root
         self.raw = raw
+        self.records = records
         rows = tuple(int(s["rows"]) for s in raw["shards"])
         ae = raw["autoencoder"]
         self.index = LatentCacheIndex(
-            labels=labels, latent_shape=tuple(raw["latent_shape"]), autoencoder_identity=ae["identity"],
+            latent_shape=tuple(raw["latent_shape"]), autoencoder_identity=ae["identity"],
             autoencoder_source=ae.get("source", ""), image_size=int(raw["image_size"]),
             scaling_factor=float(ae["scaling_factor"]), num_classes=int(raw["dataset"]["num_classes"]),
             class_names=list(raw["dataset"].get("class_names", [])), dtype=raw["dtype"],
             posterior=raw["posterior"], dataset=raw["dataset"].get("spec", ""),
-            skipped=list(raw.get("skipped", [])), shard_rows=rows,
+            condition=condition, skipped=list(raw.get("skipped", [])), shard_rows=rows,
+            version=int(raw["version"]),
         )
         self._offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])  # (S + 1,)
         self._maps: dict[int, np.ndarray] = {}
@@ -209,9 +258,9 @@ class LatentCache:
                 f"no latent cache at {root}; create one with `ditlab extract-latents DATA --autoencoder A --out {root}`"
             )
         raw = read_json(root / INDEX)
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") not in READABLE_VERSIONS:
             raise DataError(
-                f"{root} is not a version-{VERSION} ditlab latent cache; "
+                f"{root} is not a ditlab latent cache of version {' or '.join(map(str, READABLE_VERSIONS))}; "
                 "re-extract it with this ditlab's `ditlab extract-latents`"
             )
         for shard in raw["shards"]:
@@ -225,20 +274,21 @@ class LatentCache:
                 )
             if verify and hashlib.sha256(p.read_bytes()).hexdigest() != shard["sha256"]:
                 raise DataError(f"latent cache shard {p} does not match its checksum; {redo}")
-        try:
-            labels = np.load(root / LABELS, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {root / LABELS} ({err}); {redo}") from err
-        if labels.shape != (sum(int(s["rows"]) for s in raw["shards"]),):
-            raise DataError(f"{root / LABELS} does not match the shards; {redo}")
-        return cls(root, raw, labels)
+        rows = sum(int(s["rows"]) for s in raw["shards"])
+        if raw["version"] == 1:
+            records, condition = _records_v1(root, raw, rows, redo)
+        else:
+            records, condition = _records_v2(root, rows, redo), dict(raw.get("condition") or {"kind": "none"})
+        return cls(root, raw, records, condition)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self.index.labels
+    def condition(self):
+        """The condition the records belong to (``ditlab.conditioning``)."""
+        from ditlab.conditioning import condition_from_dict
+
+        return condition_from_dict(self.index.condition, root=self.root / CONDITION_DIR)
 
     def _shard(self, k: int) -> np.ndarray:
         mm = self._maps.get(k)
@@ -293,10 +343,6 @@ class LatentCache:
                 f"{list(latent_shape)}; {redo}"
             )
 
-    def dataset(self, random_flip: bool = True) -> LatentDataset:
-        """A torch Dataset over this cache (see :class:`LatentDataset`)."""
-        return LatentDataset(self, random_flip=random_flip)
-
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_maps"] = {}  # memory maps are reopened in each process
@@ -308,26 +354,3 @@ class LatentCache:
             f"LatentCache({str(self.root)!r}, n={len(self)}, latent={list(ix.latent_shape)}, "
             f"size={ix.image_size}, autoencoder={ix.autoencoder_identity})"
         )
-
-
-class LatentDataset(torch.utils.data.Dataset):
-    """Items ``(latent float32 (C, h, w), label int64)`` from a :class:`LatentCache`.
-
-    With ``random_flip`` each access draws afresh from torch's global RNG whether to return the
-    flipped image's latent (fast-DiT instead fixes one flip per image for the whole run).
-    """
-
-    def __init__(self, cache: LatentCache, random_flip: bool = True):
-        self.cache = cache
-        self.random_flip = random_flip
-        self.num_classes = cache.index.num_classes
-        self.class_names = cache.index.class_names
-        self.latent_shape = cache.index.latent_shape
-        self._labels = torch.from_numpy(np.array(cache.index.labels, dtype=np.int64))  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        flip = bool(torch.randint(0, 2, ()).item()) if self.random_flip else False
-        return self.cache.get(i, flip), self._labels[i]

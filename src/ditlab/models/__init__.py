@@ -2,14 +2,14 @@
 
     from ditlab.models import create_model
     model = create_model("DiT-XL/2", input_size=32, num_classes=1000)
-    out = model(x, t, y)  # (N, 2C, H, W) with learn_sigma
+    out = model(x, t, y=labels)  # (N, 2C, H, W) with learn_sigma; text models: context=, context_mask=, pooled=
 
 Imports nothing else from ditlab except the error types.
 """
 from ditlab.models.blocks import BLOCK_TYPES
 from ditlab.models.config import DiTConfig, list_models
 from ditlab.models.dit import DiT
-from ditlab.models.io import load_pretrained, load_state_dict_strict, save_pretrained, validate_labels
+from ditlab.models.io import load_pretrained, load_state_dict_strict, save_pretrained
 from ditlab.models.registry import create_model, model_from_config
 
 __all__ = [
@@ -22,5 +22,4 @@ __all__ = [
     "load_state_dict_strict",
     "model_from_config",
     "save_pretrained",
-    "validate_labels",
 ]

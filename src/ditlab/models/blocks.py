@@ -1,24 +1,50 @@
 """The four DiT block designs of the paper's ablation (Peebles & Xie, 2023, §3.2, Fig. 5).
 
 Every block has the same call signature ``block(x, c, context, context_mask)``:
-``x`` (N, T, D) image tokens, ``c`` (N, D) the summed timestep + label embedding, ``context``
-(N, L, D) condition tokens with ``context_mask`` (N, L) True = valid (cross-attention only).
-Blocks that do not use an argument ignore it, so the backbone loops over them uniformly.
+``x`` (N, T, D) image tokens, ``c`` (N, D) the summed timestep + condition embedding, ``context``
+(N, L, D) condition tokens with ``context_mask`` (N, L) True = valid.
+Each block kind *declares* what it consumes (class attributes of ``Block``), and the backbone
+reads the declarations; it never switches on block names.
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from ditlab.models.layers import Attention, Mlp, modulate
 
-BLOCK_TYPES = ("adaLN-Zero", "adaLN", "cross-attention", "in-context")
+
+class Block(nn.Module):
+    """Base of the block kinds: what a kind consumes and how the backbone's final layer pairs with it.
+
+    Attributes:
+        uses_tokens: the block attends to the condition tokens passed as ``context``.
+        prefix_tokens: the condition tokens are prepended to the image tokens before the first block
+            and removed after the last (in-context conditioning).
+        requires_text: the kind only makes sense with text tokens (a model without ``context_dim`` is refused).
+        adaptive_final: the final layer norm is modulated by ``c`` (the adaLN designs).
+        zero_final_modulation: that modulation starts at zero (adaLN-Zero).
+    """
+
+    uses_tokens: ClassVar[bool] = False
+    prefix_tokens: ClassVar[bool] = False
+    requires_text: ClassVar[bool] = False
+    adaptive_final: ClassVar[bool] = False
+    zero_final_modulation: ClassVar[bool] = False
+
+    def init_weights(self) -> None:
+        """Kind-specific initialisation after the backbone's Xavier init (default: none)."""
 
 
-class AdaLNZeroBlock(nn.Module):
+class AdaLNZeroBlock(Block):
     """adaLN-Zero: regress shift, scale and a residual gate alpha for attention and MLP from c.
 
     The regression layer starts at zero, so alpha = 0 and every block is the identity at init.
     """
+
+    adaptive_final = True
+    zero_final_modulation = True
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
@@ -43,8 +69,10 @@ class AdaLNZeroBlock(nn.Module):
         return x  # (N, T, D)
 
 
-class AdaLNBlock(nn.Module):
+class AdaLNBlock(Block):
     """adaLN: layer norms whose shift and scale are regressed from c (no gate, normal init)."""
+
+    adaptive_final = True
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
@@ -54,8 +82,7 @@ class AdaLNBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 4 * hidden_size))
 
-    def init_weights(self) -> None:
-        pass  # keeps the backbone's Xavier init: this is what separates adaLN from adaLN-Zero
+    # no init_weights: keeping the backbone's Xavier init is what separates adaLN from adaLN-Zero
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> Tensor:
@@ -65,12 +92,14 @@ class AdaLNBlock(nn.Module):
         return x  # (N, T, D)
 
 
-class CrossAttentionBlock(nn.Module):
+class CrossAttentionBlock(Block):
     """Cross-attention: a ViT block with a multi-head cross-attention layer after self-attention.
 
     The image tokens attend to ``context``: for class conditioning the length-2 sequence
     [t embedding, label embedding]; any other token sequence (e.g. text) with a padding mask works.
     """
+
+    uses_tokens = True
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
@@ -80,9 +109,6 @@ class CrossAttentionBlock(nn.Module):
         self.cross_attn = Attention(hidden_size, num_heads, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-
-    def init_weights(self) -> None:
-        pass
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> Tensor:
@@ -94,8 +120,10 @@ class CrossAttentionBlock(nn.Module):
         return x
 
 
-class InContextBlock(nn.Module):
-    """In-context conditioning: a plain ViT block; t and y ride along as extra tokens in x."""
+class InContextBlock(Block):
+    """In-context conditioning: a plain ViT block; the condition tokens ride along as extra tokens in x."""
+
+    prefix_tokens = True
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
@@ -104,22 +132,21 @@ class InContextBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
 
-    def init_weights(self) -> None:
-        pass
-
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+        # context_mask here is the key mask of x itself (N, K + T): padding condition tokens are ignored
+        x = x + self.attn(self.norm1(x), None, context_mask)
         x = x + self.mlp(self.norm2(x))
         return x  # (N, K + T, D)
 
 
-BLOCKS: dict[str, type[nn.Module]] = {
+BLOCK_KINDS: dict[str, type[Block]] = {
     "adaLN-Zero": AdaLNZeroBlock,
     "adaLN": AdaLNBlock,
     "cross-attention": CrossAttentionBlock,
     "in-context": InContextBlock,
 }
+BLOCK_TYPES = tuple(BLOCK_KINDS)
 
 
 class FinalLayer(nn.Module):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ditlab.errors import ModelError
-from ditlab.models.blocks import BLOCK_TYPES
+from ditlab.models.blocks import BLOCK_KINDS, BLOCK_TYPES
 
 # (depth, hidden_size, num_heads). S/B/L/XL are the paper's Table 1; T is a ViT-Tiny-like size
 # for CPU demos and "Test" a 2-block size for unit tests.
@@ -19,6 +19,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "Test": (2, 32, 2),
 }
 PAPER_SIZES = ("S", "B", "L", "XL")
+# Saved by older versions, meaningless now: label dropout moved from the network to Condition.drop.
+LEGACY_KEYS = frozenset({"class_dropout_prob"})
 PATCH_SIZES = (2, 4, 8)
 
 
@@ -41,6 +43,7 @@ class DiTConfig:
     ``input_size`` is the latent (H, W) (32 for 256-px images through an 8x autoencoder);
     ``timestep_scale`` multiplies t before the sinusoidal embedding (1000 for flow matching);
     ``timestep_freq_shift`` only exists to reproduce diffusers' DiT, whose sinusoid differs.
+    Condition dropout is not a model setting: it happens in ``Condition.drop`` during training.
     """
 
     name: str = "DiT-S/2"
@@ -48,7 +51,8 @@ class DiTConfig:
     in_channels: int = 4
     num_classes: int = 1000
     learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
+    context_dim: int = 0  # text: width of the encoder's token features (0 = no text tokens)
+    pooled_dim: int = 0  # text: width of the pooled prompt vector added to the time embedding (0 = none)
     depth: int = 12
     hidden_size: int = 384
     num_heads: int = 6
@@ -94,6 +98,13 @@ class DiTConfig:
             )
         if self.block not in BLOCK_TYPES:
             raise ModelError(f"unknown block {self.block!r}: choose one of {', '.join(BLOCK_TYPES)}")
+        if self.context_dim < 0 or self.pooled_dim < 0:
+            raise ModelError(f"context_dim and pooled_dim must be >= 0, got {self.context_dim}, {self.pooled_dim}")
+        if self.num_classes and self.context_dim:
+            raise ModelError("a model takes class labels or text, not both: set num_classes=0 or context_dim=0")
+        if BLOCK_KINDS[self.block].requires_text and not self.context_dim:
+            raise ModelError(f"block {self.block!r} cross-attends to text tokens: build it with context_dim > 0 "
+                             "(a text condition)")
         if self.hidden_size % self.num_heads:
             raise ModelError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: "
@@ -105,8 +116,6 @@ class DiTConfig:
             raise ModelError(f"depth and in_channels must be >= 1, got {self.depth}, {self.in_channels}")
         if self.num_classes < 0:
             raise ModelError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
-        if not 0.0 <= self.class_dropout_prob < 1.0:
-            raise ModelError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -116,7 +125,9 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
-        """Inverse of ``to_dict``; unknown keys are a ModelError naming them."""
+        """Inverse of ``to_dict``; unknown keys are a ModelError naming them (keys older ditlab versions
+        saved that no longer describe the architecture are dropped)."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -1,8 +1,10 @@
 """The Diffusion Transformer backbone (Peebles & Xie, 2023, §3).
 
-patchify -> + fixed 2-D sin-cos positions -> N blocks conditioned on t (and y) -> final layer ->
-unpatchify. One backbone serves DDPM (t = step index) and flow matching (t in [0, 1], scaled by
-``timestep_scale``); the process decides what the output channels mean.
+patchify -> + fixed 2-D sin-cos positions -> N blocks conditioned on t and the condition -> final
+layer -> unpatchify. One backbone serves DDPM (t = step index) and flow matching (t in [0, 1], scaled
+by ``timestep_scale``); the process decides what the output channels mean. The condition arrives as
+keyword tensors (``y`` labels, or ``context``/``context_mask``/``pooled`` text features, or nothing);
+each block kind declares what it consumes (``ditlab.models.blocks.Block``).
 """
 from __future__ import annotations
 
@@ -10,19 +12,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ditlab.models.blocks import BLOCKS, FinalLayer
+from ditlab.models.blocks import BLOCK_KINDS, FinalLayer
 from ditlab.models.config import DiTConfig
-from ditlab.models.layers import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
+from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer. ``model(x, t, y=None) -> (N, out_channels, H, W)``.
+    """Diffusion Transformer. ``model(x, t, **cond) -> (N, out_channels, H, W)``.
 
     Args of forward:
         x: (N, C, H, W) latents; H, W divisible by the patch size.
         t: (N,) float timesteps (multiplied by ``config.timestep_scale`` before embedding).
         y: (N,) long labels in [0, num_classes] (num_classes = the null label), or None, which
            means the null label for a class-conditional model and is ignored when num_classes=0.
+        context: (N, L, context_dim) text token features (text models); context_mask (N, L) bool,
+            True = a real token; pooled: (N, pooled_dim) pooled prompt vector, added to the time embedding.
     """
 
     def __init__(self, config: DiTConfig):
@@ -41,22 +45,21 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(
             d, config.frequency_embedding_size, config.timestep_scale, config.timestep_freq_shift
         )
-        self.y_embedder = (
-            LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
-            if config.num_classes > 0 else None
-        )
+        self.y_embedder = LabelEmbedder(config.num_classes, d) if config.num_classes > 0 else None
+        self.context_embedder = ConditionMlp(config.context_dim, d, "gelu") if config.context_dim else None
+        self.pooled_embedder = ConditionMlp(config.pooled_dim, d, "silu") if config.pooled_dim else None
         # Fixed sin-cos positions, not learned. Kept as a frozen parameter (as in the paper's
         # reference layout) so parameter counts and checkpoint keys match the published ones.
         self.pos_embed = nn.Parameter(
             sincos_2d(d, *config.grid_size).unsqueeze(0), requires_grad=False
         )  # (1, T, D)
-        block_cls = BLOCKS[config.block]
+        self.kind = BLOCK_KINDS[config.block]  # what the blocks consume, declared on the block class
         self.blocks = nn.ModuleList(
-            block_cls(d, config.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(config.depth)
+            self.kind(d, config.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(config.depth)
         )
-        adaptive = config.block in ("adaLN-Zero", "adaLN")
         self.final_layer = FinalLayer(
-            d, p, self.out_channels, adaptive=adaptive, zero_modulation=config.block == "adaLN-Zero"
+            d, p, self.out_channels, adaptive=self.kind.adaptive_final,
+            zero_modulation=self.kind.zero_final_modulation,
         )
         self.initialize_weights()
 
@@ -105,38 +108,69 @@ class DiT(nn.Module):
         # Another resolution: the closed form for that grid (shape-only branch, traceable).
         return sincos_2d(self.config.hidden_size, grid_h, grid_w).to(like)[None]
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        n, _, h, w = x.shape
+    def embed_condition(
+        self, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+        context_mask: Tensor | None = None, pooled: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The summed conditioning vector c (N, D) and, for block kinds that use them, the condition
+        tokens (N, K, D) with their mask (N, K) bool (None = all valid)."""
+        n = t.shape[0]
+        c = self.t_embedder(t)  # (N, D)
+        tokens = [c]
+        if self.y_embedder is not None:
+            if y is None:
+                y = torch.full((n,), self.null_class, dtype=torch.long, device=t.device)
+            y_emb = self.y_embedder(y)  # (N, D)
+            tokens.append(y_emb)
+            c = c + y_emb
+        if self.pooled_embedder is not None:
+            if pooled is None:
+                raise ValueError("this text model needs the pooled prompt vector (pooled=...)")
+            c = c + self.pooled_embedder(pooled)  # (N, D)
+        if not (self.kind.uses_tokens or self.kind.prefix_tokens):
+            return c, None, None
+        if self.context_embedder is None:
+            return c, torch.stack(tokens, dim=1), None  # (N, K, D): K = 1 or 2 condition tokens
+        if context is None:
+            raise ValueError("this text model needs the prompt's token features (context=..., context_mask=...)")
+        text = self.context_embedder(context)  # (N, L, D)
+        mask = None if context_mask is None else context_mask.bool()
+        if self.kind.prefix_tokens:  # the time token leads the text tokens in the sequence
+            text = torch.cat([c[:, None], text], dim=1)  # (N, 1 + L, D)
+            if mask is not None:
+                mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        return c, text, mask
+
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+        context_mask: Tensor | None = None, pooled: Tensor | None = None,
+    ) -> Tensor:
+        _, _, h, w = x.shape
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
         gh, gw = h // p, w // p
         x = self.x_embedder(x)  # (N, T, D)
         x = x + self._positions(gh, gw, x)
-        c = self.t_embedder(t)  # (N, D)
-        tokens = [c]
-        if self.y_embedder is not None:
-            if y is None:
-                y = torch.full((n,), self.null_class, dtype=torch.long, device=x.device)
-            y_emb = self.y_embedder(y)  # (N, D)
-            tokens.append(y_emb)
-            c = c + y_emb
-        context = None
-        block = self.config.block
-        if block == "cross-attention":
-            context = torch.stack(tokens, dim=1)  # (N, K, D): K = 1 or 2 condition tokens
-        elif block == "in-context":
-            x = torch.cat([torch.stack(tokens, dim=1), x], dim=1)  # (N, K + T, D)
+        c, tokens, mask = self.embed_condition(t, y, context, context_mask, pooled)
+        num_prefix = 0
+        if self.kind.prefix_tokens:
+            num_prefix = tokens.shape[1]
+            x = torch.cat([tokens, x], dim=1)  # (N, K + T, D)
+            if mask is not None:  # condition tokens that are padding: masked for every query
+                mask = torch.cat([mask, torch.ones(mask.shape[0], x.shape[1] - num_prefix, dtype=torch.bool,
+                                                   device=mask.device)], dim=1)  # (N, K + T)
+        context = tokens if self.kind.uses_tokens else None
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, c, context, None, use_reentrant=False)
+                x = checkpoint(blk, x, c, context, mask, use_reentrant=False)
             else:
-                x = blk(x, c, context, None)
-        if block == "in-context":
-            x = x[:, len(tokens):]  # drop the condition tokens again: (N, T, D)
+                x = blk(x, c, context, mask)
+        x = x[:, num_prefix:]  # (N, T, D): the condition tokens leave again
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)
         return self.unpatchify(x, gh, gw)  # (N, C_out, H, W)
 
     def extra_repr(self) -> str:
         cfg = self.config
-        return f"{cfg.name}, block={cfg.block}, input_size={cfg.input_size}, classes={cfg.num_classes}"
+        cond = f"text={cfg.context_dim}" if cfg.context_dim else f"classes={cfg.num_classes}"
+        return f"{cfg.name}, block={cfg.block}, input_size={cfg.input_size}, {cond}"

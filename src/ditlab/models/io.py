@@ -1,4 +1,4 @@
-"""Native model files (``config.json`` + ``model.safetensors``) and label checks for CLIs."""
+"""Native model files (``config.json`` + ``model.safetensors``)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ditlab.errors import CheckpointError, ModelError
+from ditlab.errors import CheckpointError
 from ditlab.models.dit import DiT
 
 CONFIG_NAME = "config.json"
@@ -96,21 +96,3 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], *, s
 def _short(items: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
-
-
-def validate_labels(y: Tensor | Sequence[int] | None, num_classes: int) -> None:
-    """Raise ModelError if a label is outside [0, num_classes) (for CLIs; forward never syncs)."""
-    if y is None:
-        return
-    labels = torch.as_tensor(y).reshape(-1)
-    if labels.numel() == 0:
-        return
-    if num_classes == 0:
-        raise ModelError("the model is unconditional (num_classes=0): drop the class labels")
-    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-        raise ModelError("class labels must be integers: pass whole numbers in [0, num_classes)")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ModelError(
-            f"class label {int(bad[0])} is outside [0, {num_classes}): use labels 0..{num_classes - 1}"
-        )

@@ -93,27 +93,36 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class labels -> (N, hidden_size), with a null row (index num_classes) for guidance.
+    """Class labels (N,) -> (N, hidden_size), with a null row (index num_classes) for guidance.
 
-    In training mode each label is replaced by the null class with probability ``dropout_prob``,
-    drawn from torch's global RNG with tensor ops only (no host sync, compile-friendly).
+    No dropout here: which labels are replaced by the null one during training is decided by the
+    condition (``ditlab.conditioning.Condition.drop``), once for the global batch.
     """
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+    def __init__(self, num_classes: int, hidden_size: int):
         super().__init__()
         self.num_classes = num_classes
-        self.dropout_prob = float(dropout_prob)
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
-    def drop(self, y: Tensor) -> Tensor:
-        """Replace each label by the null class with probability ``dropout_prob``."""
-        drop = torch.rand(y.shape[0], device=y.device) < self.dropout_prob  # (N,) bool
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
-
     def forward(self, y: Tensor) -> Tensor:
-        if self.training and self.dropout_prob > 0:
-            y = self.drop(y)
         return self.embedding_table(y)  # (N, D)
+
+
+class ConditionMlp(nn.Module):
+    """Linear -> activation -> Linear: projects text features into the model width.
+
+    Used for token features (``context``, GELU-tanh, as PixArt's caption projection) and for the pooled
+    prompt vector (SiLU, as SD3's pooled projection, added to the time embedding).
+    """
+
+    def __init__(self, in_dim: int, hidden_size: int, act: str = "gelu"):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, hidden_size)
+        self.act = nn.GELU(approximate="tanh") if act == "gelu" else nn.SiLU()
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(self.act(self.linear_1(x.to(self.linear_1.weight.dtype))))
 
 
 # ----------------------------------------------------------------------------- attention / MLP
@@ -136,7 +145,8 @@ class Attention(nn.Module):
 
     Self-attention: q, k, v = qkv(x). Cross-attention: q from x through the first third of the same
     fused weight, k and v from ``context`` through the other two thirds, so one module (and one
-    parameter layout) serves both. ``context_mask`` (N, L) bool marks valid context tokens (True).
+    parameter layout) serves both. ``context_mask`` (N, L) bool marks valid keys (True): the context's
+    tokens, or x's own tokens in self-attention (padding inside an in-context sequence).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, qkv_bias: bool = True):
@@ -170,11 +180,11 @@ class Attention(nn.Module):
             else:  # sampling: one GEMM per row block of the same weight; same numbers, q/k/v contiguous,
                 # ~5% faster for DiT-B/2 at 256 px on CPU (docs/performance.md)
                 q, k, v = (self._project(x, i, i + 1) for i in range(3))
-            mask = None
         else:
             q = self._project(x, 0, 1)  # (N, T, D)
             k, v = self._project(context, 1, 3).chunk(2, dim=-1)  # (N, L, D)
-            mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+        # keys that are padding (False) are ignored by every query
+        mask = None if context_mask is None else context_mask[:, None, None, :].bool()  # (N, 1, 1, L)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, T|L, d)
         q, k = self.q_norm(q), self.k_norm(k)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d)

@@ -21,7 +21,7 @@ def create_model(name: str, *, device: torch.device | str | None = None, **overr
     """A freshly initialised registered model, e.g. ``create_model("DiT-XL/2", input_size=32)``.
 
     Overrides are any ``DiTConfig`` field: ``input_size`` (int or (H, W)), ``in_channels``,
-    ``num_classes`` (0 = unconditional), ``learn_sigma``, ``class_dropout_prob``, ``depth``,
+    ``num_classes`` (0 = unconditional), ``learn_sigma``, ``context_dim``, ``pooled_dim``, ``depth``,
     ``hidden_size``, ``num_heads``, ``patch_size``, ``mlp_ratio``, ``block``, ``qk_norm``,
     ``grad_checkpointing``, ``timestep_scale``; ``None`` values are ignored.
     ``device="meta"`` builds without memory (for counting parameters and flops).

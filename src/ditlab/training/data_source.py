@@ -1,11 +1,13 @@
-"""Deterministic, resumable streams of training batches (latents + labels).
+"""Deterministic, resumable streams of training batches: (latents, condition records).
 
 The data order is a pure function of (seed, batch number): epoch ``e`` uses the permutation drawn from
 ``seed`` and ``e``; global batch ``k`` is slice ``k mod batches_per_epoch`` of it (the tail of an epoch
 that does not fill a batch is dropped). The only state is the number of batches consumed, so resuming
 at batch ``k`` — with any number of processes — continues exactly where the run stopped. Each rank
 takes its contiguous share of every global batch. Horizontal flips are a pure function of (seed, batch
-number) too, drawn for the whole global batch.
+number) too, drawn for the whole global batch. Each batch comes with the condition records of its
+rows (``ditlab.conditioning``: e.g. ``{"y": labels}``), which the loop turns into the network's
+condition; the sources never look inside them.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
+from ditlab.conditioning import Records, cond_to, index_records
 from ditlab.errors import DataError
-from ditlab.training.distributed import step_seed
+from ditlab.seeding import Stream, derive_seed, epoch_seed
 
 
 class BatchOrder:
@@ -35,7 +38,7 @@ class BatchOrder:
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._perm = torch.randperm(self.num_items, generator=g)
             self._epoch = epoch
         return self._perm
@@ -48,17 +51,17 @@ class BatchOrder:
 
     def flips(self, k: int) -> torch.Tensor:
         """Which items (global_batch,) bool of global batch ``k`` are mirrored: the same on every rank."""
-        g = torch.Generator().manual_seed(step_seed(self.seed, k) ^ 0x5DEECE66D)  # not the step draws' stream
+        g = torch.Generator().manual_seed(derive_seed(self.seed, k, Stream.FLIPS))  # not the step draws' stream
         return torch.rand(self.global_batch, generator=g) < 0.5
 
 
 class InMemorySource:
     """Batches sliced from latents held in memory (built-in datasets, encoded once)."""
 
-    def __init__(self, latents: torch.Tensor, labels: torch.Tensor, order: BatchOrder, rank: int, local_batch: int,
+    def __init__(self, latents: torch.Tensor, records: Records, order: BatchOrder, rank: int, local_batch: int,
                  device: torch.device, flip: bool = False):
         self.latents = latents  # (N, C, h, w)
-        self.labels = labels  # (N,)
+        self.records = records  # each (N, ...)
         self.order = order
         self.rank = rank
         self.local_batch = local_batch
@@ -67,7 +70,7 @@ class InMemorySource:
         self.consumed = 0
         self.skipped = 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, Records]:
         idx = self.order.indices(self.consumed)
         flips = self.order.flips(self.consumed) if self.flip else None  # drawn for the global batch
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
@@ -77,7 +80,7 @@ class InMemorySource:
             f = flips[lo:hi]
             x = torch.where(f[:, None, None, None], x.flip(-1), x)
         self.consumed += 1
-        return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True), cond_to(index_records(self.records, idx), self.device)
 
     def close(self) -> None:
         pass
@@ -104,11 +107,11 @@ class FolderSource:
     exactly. Unreadable images are dropped from their batch and counted in ``skipped``.
     """
 
-    def __init__(self, dataset, autoencoder, order: BatchOrder, rank: int, local_batch: int, device: torch.device,
-                 num_workers: int, flip: bool, sample_posterior: bool = False):
+    def __init__(self, dataset, records: Records, autoencoder, order: BatchOrder, rank: int, local_batch: int,
+                 device: torch.device, num_workers: int, flip: bool, sample_posterior: bool = False):
         from ditlab.data import collate_skip_bad
 
-        self.dataset, self.autoencoder, self.order = dataset, autoencoder, order
+        self.dataset, self.records, self.autoencoder, self.order = dataset, records, autoencoder, order
         self.rank, self.local_batch, self.device = rank, local_batch, device
         self.num_workers, self.flip, self.sample_posterior = num_workers, flip, sample_posterior
         self._collate = collate_skip_bad
@@ -130,24 +133,26 @@ class FolderSource:
         self._it = iter(loader)
 
     @torch.no_grad()
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, Records]:
         while True:
             if self._it is None:
                 self._start()
             batch = next(self._it)
+            lo = self.rank * self.local_batch
+            requested = self.order.indices(self.consumed)[lo : lo + self.local_batch]  # what the sampler asked for
             flips = self.order.flips(self.consumed) if self.flip else None
             self.consumed += 1
             self.skipped += batch.skipped
-            images, labels = batch
-            if images.shape[0] == 0:
+            if not batch.kept:
                 continue  # every image of this batch was unreadable
-            images = images.to(self.device, non_blocking=True)
+            kept = torch.tensor(batch.kept, dtype=torch.long)
+            images = batch.images.to(self.device, non_blocking=True)
             if flips is not None:
-                lo = self.rank * self.local_batch
-                f = flips[lo : lo + images.shape[0]].to(self.device)
+                f = flips[lo : lo + self.local_batch][kept].to(self.device)
                 images = torch.where(f[:, None, None, None], images.flip(-1), images)
             latents = self.autoencoder.encode(images, sample=self.sample_posterior)
-            return latents.float(), labels.to(self.device)
+            records = index_records(self.records, requested[kept])
+            return latents.float(), cond_to(records, self.device)
 
     def close(self) -> None:
         self._it = None
@@ -161,21 +166,21 @@ class CacheSource:
     resumes exactly at any world size.
     """
 
-    def __init__(self, cache, order: BatchOrder, rank: int, local_batch: int, device: torch.device, flip: bool = True):
-        self.cache, self.order, self.rank, self.local_batch = cache, order, rank, local_batch
+    def __init__(self, cache, records: Records, order: BatchOrder, rank: int, local_batch: int,
+                 device: torch.device, flip: bool = True):
+        self.cache, self.records, self.order, self.rank, self.local_batch = cache, records, order, rank, local_batch
         self.device, self.flip = device, flip
-        self.labels = torch.from_numpy(cache.labels.astype("int64"))
         self.consumed = 0
         self.skipped = 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, Records]:
         idx = self.order.indices(self.consumed)
         flips = self.order.flips(self.consumed) if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
         idx, flips = idx[lo:hi], flips[lo:hi]
         x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips, strict=True)])  # (B, C, h, w)
         self.consumed += 1
-        return x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True), cond_to(index_records(self.records, idx), self.device)
 
     def close(self) -> None:
         pass

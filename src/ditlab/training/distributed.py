@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ditlab.errors import ConfigError
+from ditlab.seeding import Stream, derive_seed
 
 
 @dataclass
@@ -118,45 +119,32 @@ def check_compile_backend(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------ global randomness
-def step_seed(seed: int, step: int) -> int:
-    """A 63-bit seed for step ``step`` of run ``seed`` (splitmix64 finaliser: nearby inputs decorrelate)."""
-    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return (z ^ (z >> 31)) % 2**63
-
-
 @dataclass
 class StepDraws:
     """The random inputs of one training step, for the whole global batch."""
 
     t: Tensor  # (B,) diffusion times (long step indices for ddpm, floats for flow)
     noise: Tensor  # (B, C, H, W)
-    drop: Tensor | None  # (B,) bool: replace the label by the null class (classifier-free guidance)
+    drop: Tensor | None  # (B,) bool: replace the condition by the null one (classifier-free guidance)
+    choice: Tensor  # (B,) uniform in [0, 1): which option of an item to use (e.g. one of its captions)
 
     def local(self, lo: int, n: int) -> StepDraws:
         """Rows ``lo .. lo + n`` (one rank's slice)."""
         drop = None if self.drop is None else self.drop[lo : lo + n]
-        return StepDraws(self.t[lo : lo + n], self.noise[lo : lo + n], drop)
+        return StepDraws(self.t[lo : lo + n], self.noise[lo : lo + n], drop, self.choice[lo : lo + n])
 
 
 def draw_step(process, seed: int, step: int, global_batch: int, latent_shape: tuple[int, ...],
               device: torch.device, drop_prob: float = 0.0) -> StepDraws:
-    """t, noise and the label-dropout mask for global batch ``step``: a pure function of (seed, step),
-    identical on every rank whatever the world size (also after a resume)."""
+    """t, noise, the condition-dropout mask and the option choice for global batch ``step``: a pure function
+    of (seed, step), identical on every rank whatever the world size (also after a resume)."""
     g = torch.Generator(device=device)
-    g.manual_seed(step_seed(seed, step))
+    g.manual_seed(derive_seed(seed, step, Stream.STEP))
     t = process.sample_t(global_batch, device=device, generator=g)  # (B,)
     noise = torch.randn((global_batch, *latent_shape), device=device, generator=g)  # (B, C, H, W)
     drop = torch.rand(global_batch, device=device, generator=g) < drop_prob if drop_prob > 0 else None
-    return StepDraws(t, noise, drop)
-
-
-def drop_labels(y: Tensor, drop: Tensor | None, null_class: int) -> Tensor:
-    """Labels with the dropped ones replaced by the null class."""
-    if drop is None:
-        return y
-    return torch.where(drop.to(y.device), torch.full_like(y, null_class), y)
+    choice = torch.rand(global_batch, device=device, generator=g)  # drawn last: the draws above keep their values
+    return StepDraws(t, noise, drop, choice)
 
 
 # ------------------------------------------------------------------------------ wrapping

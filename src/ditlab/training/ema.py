@@ -36,9 +36,3 @@ class EMA:
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
         for b_ema, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow.load_state_dict(state)

@@ -9,7 +9,8 @@ Metrics (``eval_metrics``; ``auto`` = ``fid``, plus ``mnist`` for MNIST runs):
   floor) at the run's resolution (``ditlab.evaluation.scaling.MnistFrechet``).
 
 The samples are the same at every evaluation (sample i has noise seed i and a label drawn by
-``sample_labels`` from the run's seed), so the curve compares checkpoints on equal terms. Under
+``ditlab.sampling.many.random_labels`` from the run's seed), so the curve compares checkpoints on equal
+terms. Under
 torchrun each rank samples every world-size-th index and rank 0 scores them (under FSDP rank 0 samples
 alone from a gathered copy). Values go to ``metrics.csv`` / TensorBoard as ``eval/<name>`` and are
 plotted to ``RUN_DIR/eval.png``.
@@ -17,7 +18,6 @@ plotted to ``RUN_DIR/eval.png``.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,30 +25,10 @@ import numpy as np
 import torch
 
 from ditlab.errors import ConfigError
+from ditlab.files import atomic_write
 
 METRICS = ("fid", "mnist")
 PLOT_NAME = "eval.png"
-_MASK64 = 2**64 - 1
-
-
-def _mix64(seed: int, index: int) -> int:
-    """splitmix64 of (seed, index): a counter-based generator, so value i does not depend on N."""
-    z = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xD1B54A32D192ED03) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def sample_labels(seed: int, indices: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Uniformly random class labels (N,) of sample ``indices``: label i is fixed by (seed, i) alone.
-
-    Drawn from a counter-based generator (splitmix64), so any subset of indices, on any rank and in
-    any order, gets the labels the full set has. The modulo bias is below 1e-18. Unconditional
-    models (``num_classes == 0``) get zeros.
-    """
-    if num_classes <= 0:
-        return torch.zeros(len(indices), dtype=torch.long)
-    return torch.tensor([_mix64(seed, int(i)) % num_classes for i in indices], dtype=torch.long)
 
 
 def eval_metric_names(config) -> list[str]:
@@ -69,7 +49,7 @@ def eval_metric_names(config) -> list[str]:
 
 def reference_images(config, dataset, num: int) -> np.ndarray:
     """``num`` training images (0 = all), drawn with the run's seed, as uint8 (N, H, W, C)."""
-    from ditlab.training.generate import to_uint8
+    from ditlab.sampling.outputs import to_uint8
 
     n = len(dataset)
     pick = (np.arange(n) if num <= 0 or num >= n
@@ -133,31 +113,77 @@ def check_metrics_available(names: list[str], config) -> None:
         classifier_weights_path()
 
 
-@torch.no_grad()
-def eval_samples(model, process, autoencoder, latent_shape, num_classes: int, config, indices: Sequence[int],
-                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Samples ``indices`` of the evaluation set: noise seed i, label ``sample_labels(config.seed, [i])``."""
-    from ditlab.training.generate import generate
+def ema_pipeline(run, model=None):
+    """A sampling ``Pipeline`` over the run's EMA model (or ``model``) with the run's sampling settings."""
+    from ditlab.sampling import Pipeline, SamplingDefaults
 
-    labels = sample_labels(config.seed, indices, num_classes)
+    cfg = run.config
+    return Pipeline(model if model is not None else run.ema.shadow, run.process, run.autoencoder, run.condition,
+                    run.latent_shape, defaults=SamplingDefaults(cfg.sampler or None, cfg.sample_steps, cfg.cfg_scale),
+                    device=run.device)
+
+
+def unsharded_copy(module, device: torch.device):
+    """A plain copy of an FSDP-sharded DiT on rank 0 (None elsewhere); every rank must call it."""
+    from ditlab.models import model_from_config
+    from ditlab.training.distributed import full_model_state
+
+    state = full_model_state(module)
+    if not state:
+        return None
+    copy = model_from_config(module.config).to(device)
+    copy.load_state_dict(state)
+    return copy.eval()
+
+
+@torch.no_grad()
+def sample_grid(run, path: Path) -> Path | None:
+    """An EMA sample grid: 8 samples of each of up to 10 classes (or prompts / unconditional), fixed seeds
+    (comparable across steps), rows labelled. Every rank calls it (FSDP gathers); rank 0 writes it."""
+    from ditlab.sampling.outputs import save_grid
+
+    model = unsharded_copy(run.ema.shadow, run.device) if run.config.fsdp else run.ema.shadow  # collective
+    if not run.info.is_main:
+        return None
+    rng_state = torch.get_rng_state()  # sampling must not shift the training RNG stream
+    pipe = ema_pipeline(run, model)
+    per = 8
+    kind = run.condition.kind
+    if kind == "class":
+        got = pipe(labels=list(range(min(run.condition.num_classes, 10))),
+                   num=per * min(run.condition.num_classes, 10), batch_size=run.config.eval_batch_size)
+    elif kind == "text":
+        got = pipe(prompts=run.condition.example_prompts(4), num=per * 4, batch_size=run.config.eval_batch_size)
+    else:
+        got = pipe(num=per, batch_size=run.config.eval_batch_size)
+    torch.set_rng_state(rng_state)
+    rows = [got.descriptions[i] for i in range(0, len(got.descriptions), per)] if kind != "none" else None
+    return save_grid(got.images, path, ncols=per, row_labels=rows)
+
+
+@torch.no_grad()
+def eval_samples(pipe, config, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Samples ``indices`` of the evaluation set: noise seed i, label ``random_labels(config.seed, [i])``."""
+    from ditlab.sampling.many import random_labels
+
+    num_classes = pipe.condition.num_classes if pipe.condition.kind == "class" else 0
+    labels = random_labels(config.seed, indices, num_classes)
     if not len(indices):
         return np.zeros((0, 0, 0, 0), np.uint8), labels.numpy()
-    images = generate(model, process, autoencoder, latent_shape, labels, list(indices), num_classes=num_classes,
-                      sampler=config.sampler or None, steps=config.sample_steps, cfg_scale=config.cfg_scale,
-                      batch_size=config.eval_batch_size, device=device)
-    return images, labels.numpy()
+    got = pipe(labels=labels.tolist() if num_classes else None, num=len(indices), indices=list(indices),
+               batch_size=config.eval_batch_size)
+    return got.images, labels.numpy()
 
 
-def gather_eval_samples(model, process, autoencoder, latent_shape, num_classes: int, config, num: int,
-                        device: torch.device, info, *, split: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
-    """Samples 0..num-1 on rank 0 (None elsewhere); with ``split`` each rank makes every world-th one."""
+def gather_eval_samples(pipe, config, num: int, info, *, split: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """Samples 0..num-1 on rank 0 (None elsewhere); with ``split`` each rank makes every world-th one.
+    ``pipe`` is None on ranks that hold no model (FSDP: rank 0 samples alone from a gathered copy)."""
     import torch.distributed as dist
 
     if not info.enabled:
-        return eval_samples(model, process, autoencoder, latent_shape, num_classes, config, range(num), device)
+        return eval_samples(pipe, config, range(num))
     share = list(range(info.rank, num, info.world_size)) if split else (list(range(num)) if info.is_main else [])
-    part = eval_samples(model, process, autoencoder, latent_shape, num_classes, config, share, device) \
-        if model is not None and share else None
+    part = eval_samples(pipe, config, share) if pipe is not None and share else None
     parts: list | None = [None] * info.world_size if info.is_main else None
     dist.gather_object((share, part), parts, dst=0)
     if not info.is_main:
@@ -173,19 +199,6 @@ def gather_eval_samples(model, process, autoencoder, latent_shape, num_classes: 
     return np.stack(images), labels
 
 
-def _unsharded(module, device: torch.device):
-    """A plain copy of an FSDP-sharded model on rank 0, None elsewhere (collective)."""
-    from ditlab.models import model_from_config
-    from ditlab.training.distributed import full_model_state
-
-    state = full_model_state(module)
-    if not state:
-        return None
-    copy = model_from_config(module.config).to(device)
-    copy.load_state_dict(state)
-    return copy.eval()
-
-
 class PeriodicEval:
     """The hook the training loop calls after every step; it evaluates when ``step % eval_every == 0``.
 
@@ -194,40 +207,36 @@ class PeriodicEval:
     the first evaluation (and cached on disk).
     """
 
-    def __init__(self, config, run_dir: str | Path, info, *, process, autoencoder, latent_shape,
-                 num_classes: int, device: torch.device, dataset=None):
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.info = info
-        self.process, self.autoencoder = process, autoencoder
-        self.latent_shape, self.num_classes = tuple(latent_shape), num_classes
-        self.device, self.dataset = device, dataset
+    def __init__(self, run):
+        self.run = run
+        config = run.config
         self.enabled = config.eval_every > 0
         self.names = eval_metric_names(config) if self.enabled else []
-        if self.enabled and info.is_main:
+        if self.enabled and run.info.is_main:
             check_metrics_available(self.names, config)
         self._scorers: list | None = None
 
-    def after_step(self, step: int, ema_model, logger) -> dict[str, float] | None:
-        """Evaluate ``ema_model`` if ``step`` is due, logging to ``logger`` (a ``RunLogger``); returns the
+    def after_step(self, step: int, logger) -> dict[str, float] | None:
+        """Evaluate the EMA model if ``step`` is due, logging to ``logger`` (a ``RunLogger``); returns the
         metrics on rank 0 (None otherwise). Every rank must call it (sampling is shared, FSDP gathers)."""
-        if not self.enabled or step % self.config.eval_every:
+        run = self.run
+        cfg, info = run.config, run.info
+        if not self.enabled or step % cfg.eval_every:
             return None
-        cfg, info = self.config, self.info
         rng = torch.get_rng_state()  # sampling must not shift the training RNG stream
-        model = _unsharded(ema_model, self.device) if cfg.fsdp else ema_model  # collective under FSDP
-        got = gather_eval_samples(model, self.process, self.autoencoder, self.latent_shape, self.num_classes, cfg,
-                                  cfg.eval_fid_num, self.device, info, split=not cfg.fsdp)
+        model = unsharded_copy(run.ema.shadow, run.device) if cfg.fsdp else run.ema.shadow  # collective
+        pipe = ema_pipeline(run, model) if model is not None else None
+        got = gather_eval_samples(pipe, cfg, cfg.eval_fid_num, info, split=not cfg.fsdp)
         torch.set_rng_state(rng)
         if not info.is_main:
             return None
         if self._scorers is None:
-            self._scorers = build_scorers(cfg, self.dataset, self.device, self.names)
+            self._scorers = build_scorers(cfg, run.dataset, run.device, self.names)
         values = score_samples(self._scorers, *got)
         logger.scalars(step, {f"eval/{k}": v for k, v in values.items()})
         logger.message(f"eval at step {step} ({cfg.eval_fid_num} samples): "
-                            + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        plot_eval_history(self.run_dir)
+                       + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        plot_eval_history(run.run_dir)
         return values
 
 
@@ -263,8 +272,6 @@ def plot_eval_history(run_dir: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(run_dir) / PLOT_NAME
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), durable=False)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -1,6 +1,7 @@
-"""Build the pieces of a run from its config: data, autoencoder, latents, model, process.
+"""Build the pieces of a run from its config: process, data + condition + batch source, autoencoder, model.
 
-``prepare_training`` is what ``ditlab train`` calls; ``load_run`` rebuilds a trained run for sampling.
+``ditlab.training.run.build_run`` assembles them; sampling a finished run goes through
+``ditlab.sampling.Pipeline.from_run``.
 """
 from __future__ import annotations
 
@@ -11,25 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ditlab.config import TrainConfig, load_config
-from ditlab.errors import CheckpointError, ConfigError, UserError
-from ditlab.training.checkpoint import latest_checkpoint, load_weights, read_meta
+from ditlab.conditioning import Condition, Records, condition_for_dataset
+from ditlab.config import TrainConfig
+from ditlab.errors import UserError
+from ditlab.files import atomic_write
+from ditlab.sampling.loading import RUN_AUTOENCODER_DIR, RUN_CONDITION_DIR
+from ditlab.training.distributed import DistInfo, barrier
 
-AUTOENCODER_DIR = "autoencoder"
+AUTOENCODER_DIR = RUN_AUTOENCODER_DIR
+CONDITION_DIR = RUN_CONDITION_DIR
 LATENTS_FILE = "latents.safetensors"
-
-
-def pick_device(spec: str) -> torch.device:
-    """``auto`` -> the first CUDA GPU if there is one, else CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{spec}' asked for but CUDA is not available: use --device cpu")
-    return device
 
 
 def build_process(config: TrainConfig):
@@ -47,8 +39,9 @@ def build_process(config: TrainConfig):
     return create_process("flow", time_sampling=config.time_sampling, shift=config.shift)
 
 
-def build_model(config: TrainConfig, latent_shape: tuple[int, int, int], num_classes: int, process) -> nn.Module:
-    """The DiT for latents of shape (C, H, W), with the output channels the process needs."""
+def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: Condition, process) -> nn.Module:
+    """The DiT for latents of shape (C, H, W), with the output channels the process needs and the
+    embedders the condition needs."""
     from ditlab.models import create_model
 
     overrides: dict[str, Any] = {}
@@ -61,13 +54,12 @@ def build_model(config: TrainConfig, latent_shape: tuple[int, int, int], num_cla
         config.model,
         input_size=(h, w),
         in_channels=c,
-        num_classes=num_classes,
         learn_sigma=process.learn_sigma,
-        class_dropout_prob=config.class_dropout_prob,
         block=config.block,
         qk_norm=config.qk_norm,
         grad_checkpointing=config.grad_checkpointing,
         timestep_scale=1000.0 if process.kind == "flow" else 1.0,
+        **condition.model_fields(),
         **overrides,
     )
 
@@ -103,6 +95,15 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
     )
 
 
+def autoencoder_spec(config: TrainConfig) -> str:
+    """How sampling finds the run's autoencoder again: ``autoencoder`` (the run's own folder), or the
+    spec given, made absolute when it is a local path (the run may be sampled from another directory)."""
+    if config.autoencoder == "auto":
+        return AUTOENCODER_DIR
+    path = Path(config.autoencoder).expanduser()
+    return str(path.absolute()) if config.autoencoder != "pixel" and path.exists() else config.autoencoder
+
+
 @torch.no_grad()
 def encode_in_memory(autoencoder, images_uint8: torch.Tensor, device: torch.device, batch_size: int = 500,
                      sample: bool = False) -> torch.Tensor:
@@ -114,7 +115,8 @@ def encode_in_memory(autoencoder, images_uint8: torch.Tensor, device: torch.devi
     return torch.cat(out)
 
 
-def cached_latents(config: TrainConfig, dataset, autoencoder, run_dir: Path, device: torch.device, log=print):
+def cached_latents(config: TrainConfig, dataset, autoencoder, run_dir: Path, device: torch.device,
+                   log=print) -> torch.Tensor:
     """Latents of an in-memory (built-in) dataset, encoded once into ``RUN_DIR/latents.safetensors``."""
     from safetensors.torch import load_file, save_file
 
@@ -123,94 +125,98 @@ def cached_latents(config: TrainConfig, dataset, autoencoder, run_dir: Path, dev
     if path.is_file():
         try:
             data = load_file(str(path))
-            stored = bytes(data["identity"].tolist()).decode()
-            if stored == identity:
-                return data["latents"], data["labels"]
+            if bytes(data["identity"].tolist()).decode() == identity:
+                return data["latents"]
         except Exception:
             pass  # damaged or stale cache: encode again below
         log("latent cache does not match the autoencoder: encoding again")
-    images, labels = dataset.tensors()
+    images, _ = dataset.tensors()
     log(f"encoding {images.shape[0]} images to latents once (cached in {path}) ...")
     latents = encode_in_memory(autoencoder, images, device, sample=config.vae_sample_posterior)
-    tmp = path.with_suffix(".tmp")
-    save_file(
-        {
-            "latents": latents.contiguous(),
-            "labels": labels.contiguous(),
-            "identity": torch.tensor(list(identity.encode()), dtype=torch.uint8),
-        },
-        str(tmp),
-    )
-    tmp.replace(path)
-    return latents, labels
+    tensors = {"latents": latents.contiguous(), "identity": torch.tensor(list(identity.encode()), dtype=torch.uint8)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return latents
 
 
 @dataclass
-class LoadedRun:
-    """A trained run, ready to sample from."""
+class RunData:
+    """What the data side of a run provides."""
 
-    config: TrainConfig
-    model: nn.Module  # the EMA weights unless asked otherwise
-    process: Any
+    source: Any  # a batch source of ditlab.training.data_source: next() -> (latents, records)
     autoencoder: Any
-    num_classes: int
-    latent_shape: tuple[int, int, int]
-    step: int
-    checkpoint: Path
+    condition: Condition
+    latent_shape: tuple[int, ...]
+    image_channels: int
+    autoencoder_spec: str
+    dataset: Any = None  # None when training from a latent cache
 
 
-def load_run(run_dir: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild model, process and autoencoder of a run directory from its latest checkpoint."""
-    from ditlab.autoencoders import load_autoencoder
-    from ditlab.models import model_from_config
+def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: int, device: torch.device,
+               log) -> RunData:
+    """Dataset or latent cache -> condition, its records, autoencoder and the resumable batch source."""
+    if config.latents:
+        return _cache_data(config, info, local_batch, device)
+    from ditlab.data import build_dataset
+    from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory '{run_dir}' does not exist: pass the folder `ditlab train` wrote")
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"'{run_dir}' has no config.json: it is not a ditlab run directory")
-    config = load_config(run_dir / "config.json")
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise CheckpointError(f"run '{run_dir}' has no checkpoint yet: train it first (ditlab train ...)")
-    meta = read_meta(ckpt)
-    try:
-        model = model_from_config(meta["model"])
-    except (KeyError, TypeError, UserError) as err:
-        raise CheckpointError(f"checkpoint '{ckpt}' has no usable model config ({err}): retrain") from None
-    weights = load_weights(ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
-    missing, unexpected = _key_diff(model, weights)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint '{ckpt}' does not fit its model (missing {missing[:3]}, unexpected {unexpected[:3]}): "
-            f"it belongs to another model"
-        )
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError:
-        raise CheckpointError(
-            f"checkpoint '{ckpt}' has tensors of another shape: it belongs to another model"
-        ) from None
-    device = torch.device(device)
-    model.to(device).eval()
-    process = build_process(config)
-    ae_spec = str(run_dir / AUTOENCODER_DIR) if config.autoencoder == "auto" else config.autoencoder
-    autoencoder = load_autoencoder(ae_spec, channels=meta.get("image_channels"))
+    dataset = build_dataset(config.data, config.image_size, flip=False)
+    condition = condition_for_dataset(dataset, config.condition)
+    records = condition.records(dataset.metas())
+    if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    barrier(info)
+    if not info.is_main:
+        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
     autoencoder.to(device)
-    return LoadedRun(
-        config=config,
-        model=model,
-        process=process,
-        autoencoder=autoencoder,
-        num_classes=int(meta.get("num_classes", 0)),
-        latent_shape=tuple(meta["latent_shape"]),
-        step=int(meta["step"]),
-        checkpoint=ckpt,
-    )
+    order = BatchOrder(len(dataset), config.global_batch_size, config.seed)
+    if hasattr(dataset, "tensors"):  # built-in digits: no flips unless asked (a flipped 3 is no 3)
+        if info.is_main:
+            latents = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        barrier(info)
+        if not info.is_main:
+            latents = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        source = InMemorySource(latents, records, order, info.rank, local_batch, device, flip=bool(config.flip))
+        latent_shape = tuple(latents.shape[1:])
+    else:
+        flip = True if config.flip is None else config.flip  # folders: flips on by default (ADM, DiT)
+        source = FolderSource(dataset, records, autoencoder, order, info.rank, local_batch, device,
+                              config.num_workers, flip, config.vae_sample_posterior)
+        with torch.no_grad():
+            probe = autoencoder.encode(dataset_probe(dataset).to(device))
+        latent_shape = tuple(probe.shape[1:])
+    return RunData(source, autoencoder, condition, latent_shape, int(getattr(dataset, "channels", 3)),
+                   autoencoder_spec(config), dataset)
 
 
-def _key_diff(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict())
-    got = set(weights)
-    return sorted(expected - got), sorted(got - expected)
+def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: torch.device) -> RunData:
+    """A latent cache: its autoencoder, condition and records; refuses a cache of another autoencoder or size."""
+    from ditlab.autoencoders import load_autoencoder
+    from ditlab.data.latent_cache import LatentCache
+    from ditlab.training.data_source import BatchOrder, CacheSource
 
+    cache = LatentCache.open(config.latents)
+    spec = cache.index.autoencoder_source if config.autoencoder == "auto" else config.autoencoder
+    autoencoder = load_autoencoder(spec).to(device)
+    latent_shape = tuple(cache.index.latent_shape)
+    expected = (autoencoder.latent_channels, config.image_size // autoencoder.downsample,
+                config.image_size // autoencoder.downsample)
+    cache.check_compatible(autoencoder.identity(), config.image_size, expected)
+    condition = cache.condition()
+    if config.condition == "none" and condition.kind != "none":
+        from ditlab.conditioning import NoCondition
+
+        condition = NoCondition()
+    order = BatchOrder(len(cache), config.global_batch_size, config.seed)
+    flip = True if config.flip is None else config.flip
+    records: Records = cache.records if condition.kind != "none" else {}
+    source = CacheSource(cache, records, order, info.rank, local_batch, device, flip=flip)
+    return RunData(source, autoencoder, condition, latent_shape, int(autoencoder.image_channels), spec)
+
+
+def dataset_probe(dataset) -> torch.Tensor:
+    """One readable image of the dataset as a (1, C, H, W) batch (to learn the latent shape)."""
+    for i in range(min(len(dataset), 64)):
+        item = dataset[i]
+        if item is not None:
+            return item[0].unsqueeze(0)
+    raise UserError("none of the first 64 images of the dataset can be read: check the data folder")

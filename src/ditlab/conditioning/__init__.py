@@ -1,0 +1,76 @@
+"""ditlab.conditioning: conditions as data (class labels, text, nothing) — see ``base.Condition``.
+
+    condition = condition_for_dataset(dataset)          # from the dataset's metadata
+    records = condition.records(dataset.metas())        # once, stored with the latents
+    cond = condition.drop(condition.batch(records_of_batch), mask)   # training
+    out = model(x, t, **cond)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ditlab.conditioning.base import (
+    Cond,
+    Condition,
+    Records,
+    cat_conds,
+    cond_rows,
+    cond_to,
+    index_records,
+)
+from ditlab.conditioning.classes import ClassCondition, NoCondition
+from ditlab.errors import ConfigError
+
+CONDITION_KINDS = ("auto", "class", "text", "none")
+
+
+def condition_from_dict(d: dict[str, Any] | None, **context: Any) -> Condition:
+    """Rebuild a condition from ``Condition.to_dict()`` (``None``: no condition).
+
+    ``context`` passes what a stored description cannot hold (e.g. ``root``: the folder of a text
+    condition's cached features).
+    """
+    if not d or d.get("kind") == "none":
+        return NoCondition()
+    kind = d.get("kind")
+    if kind == "class":
+        return ClassCondition(int(d["num_classes"]), d.get("class_names"))
+    if kind == "text":
+        from ditlab.conditioning.text import TextCondition
+
+        return TextCondition.from_dict(d, **context)
+    raise ConfigError(f"unknown condition kind {kind!r}: this ditlab knows {', '.join(CONDITION_KINDS[1:])}")
+
+
+def condition_for_dataset(dataset, kind: str = "auto") -> Condition:
+    """The condition a dataset supports: ``auto`` picks class labels when it has classes, else none
+    (text conditions are built by ``ditlab.conditioning.text.text_condition_for_dataset``)."""
+    if kind not in CONDITION_KINDS:
+        raise ConfigError(f"unknown condition {kind!r}: choose one of {', '.join(CONDITION_KINDS)}")
+    num_classes = int(getattr(dataset, "num_classes", 0))
+    if kind == "none":
+        return NoCondition()
+    if kind in ("auto", "class"):
+        if num_classes > 0:
+            return ClassCondition(num_classes, getattr(dataset, "class_names", None))
+        if kind == "class":
+            raise ConfigError("--condition class needs a dataset with classes (one subfolder per class): "
+                              "use --condition none for a flat folder")
+        return NoCondition()
+    raise ConfigError("--condition text needs a captioned dataset: see docs/text_to_image.md")
+
+
+__all__ = [
+    "CONDITION_KINDS",
+    "ClassCondition",
+    "Cond",
+    "Condition",
+    "NoCondition",
+    "Records",
+    "cat_conds",
+    "cond_rows",
+    "cond_to",
+    "condition_for_dataset",
+    "condition_from_dict",
+    "index_records",
+]
