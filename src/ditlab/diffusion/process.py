@@ -1,0 +1,236 @@
+"""The ``Process`` protocol: what every generative process shows its samplers.
+
+A process has its own time ``t`` (DDPM: step index, 0 = clean; flow: t in [0, 1], 0 = data), but every
+noise level is also a pair (alpha, sigma) with x = alpha x0 + sigma eps. A sampler sees only
+
+- a ``SamplingGrid``: n solver steps over n + 1 levels from noise (i = 0) to clean data (i = n), with the
+  network time of each level, (alpha_i, sigma_i), and the coordinates the probability-flow ODE is
+  solved in: y = x / s_i, tau_i = sigma_i / s_i, chosen by the process so that alpha_i / s_i is affine
+  in tau (DDPM: s = alpha, tau = sigma / alpha, as EDM / k-diffusion; flow: s = 1, tau = t);
+- ``denoise(x, i) -> Prediction``: the (guided) network evaluated at level i and converted by the
+  process into the data prediction x0, the noise prediction eps, the ODE velocity dy/dtau and, for
+  DDPM, the reverse-step log-variance.
+
+So each sampler is written once (``samplers.py``) and runs on every process that provides what it
+needs; ``run_sampler`` is the shared body of ``process.sample``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ditlab.diffusion.common import check_sampler_options, time_dtype
+from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
+from ditlab.diffusion.schedules import SpacedSchedule
+from ditlab.errors import ProcessError
+
+
+class Prediction(NamedTuple):
+    """What the network says about x at one noise level (alpha, sigma).
+
+    ``x0`` and ``eps`` satisfy x = alpha x0 + sigma eps. ``velocity`` is dy/dtau of the probability-flow
+    ODE in the grid's coordinates, dy/dtau = d(alpha / s)/dtau x0 + eps (DDPM: eps; flow: eps - x0, the
+    network's own output). ``log_variance`` is DDPM's reverse-step log-variance (None for flow).
+    """
+
+    x0: Tensor
+    eps: Tensor
+    log_variance: Tensor | None  # (N, C, ...) or broadcastable
+    velocity: Tensor | None = None
+
+
+Denoiser = Callable[[Tensor, int], Prediction]
+# callback(i, n, x, x0_hat) after solver step i of n: x the new state, x0_hat the step's data prediction.
+Callback = Callable[[int, int, Tensor, Tensor], Any] | None
+
+
+def posterior_coefficients(alphas: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean coefficients of q(x_{i+1} | x_i, x0) = N(c0 x0 + c1 x_i, .) between consecutive levels, (n,) each.
+
+    With a = alpha_i / alpha_{i+1} and v = sigma_i^2 - a^2 sigma_{i+1}^2 (the variance of x_i given
+    x_{i+1}): c0 = alpha_{i+1} v / sigma_i^2, c1 = a sigma_{i+1}^2 / sigma_i^2 (Ho et al. eq. 7 for any
+    alpha, sigma; for DDPM's chain these are its posterior_mean_coef1 / coef2).
+    """
+    a_now, a_next, s_now, s_next = alphas[:-1], alphas[1:], sigmas[:-1], sigmas[1:]
+    ratio = a_now / a_next
+    var = s_now**2 - ratio**2 * s_next**2
+    return a_next * var / s_now**2, ratio * s_next**2 / s_now**2
+
+
+@dataclass(frozen=True)
+class SamplingGrid:
+    """n solver steps over n + 1 noise levels, ordered from noise (i = 0) to clean data (i = n).
+
+    Level i is x_i = alphas[i] x0 + sigmas[i] eps, with alphas[n] = 1 and sigmas[n] = 0 (clean data).
+    All tensors are float64 on the CPU.
+    """
+
+    times: Tensor  # (n,) the network time of levels 0 .. n-1 (DDPM step index as a float, flow t)
+    alphas: Tensor  # (n + 1,)
+    sigmas: Tensor  # (n + 1,)
+    scales: Tensor  # (n + 1,) s_i of the ODE coordinates y = x / s_i, tau_i = sigma_i / s_i
+    posterior_x0: Tensor  # (n,) c0 of q(x_{i+1} | x_i, x0), see posterior_coefficients
+    posterior_x: Tensor  # (n,) c1
+    end_time: float | None = None  # network time at clean data (flow: 0.0); None: not evaluated there (DDPM)
+    chain: SpacedSchedule | None = None  # DDPM: the respaced chain (level i = kept step n-1-i), its variances
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.times.shape[0])
+
+    @property
+    def taus(self) -> Tensor:
+        """(n + 1,) the ODE time tau_i = sigma_i / s_i, decreasing to 0."""
+        return self.sigmas / self.scales
+
+    def time(self, i: int) -> float:
+        """The network time of level i (i = n only where ``end_time`` is set)."""
+        if i < self.num_steps:
+            return float(self.times[i])
+        if i == self.num_steps and self.end_time is not None:
+            return self.end_time
+        raise ValueError(f"level {i} of a {self.num_steps}-step grid has no network time")
+
+    def can_evaluate(self, i: int) -> bool:
+        """Whether the network may be evaluated at level i (always for i < n)."""
+        return i < self.num_steps or (i == self.num_steps and self.end_time is not None)
+
+
+@runtime_checkable
+class Process(Protocol):
+    """A generative process (``GaussianProcess``, ``FlowProcess``) as trainers and samplers see it."""
+
+    kind: str  # "ddpm" | "flow"
+    samplers: tuple[str, ...]  # the sampler names it can run, the default first
+    default_sampler: str
+    learn_sigma: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Options that rebuild the process with ``create_process(**d)`` (includes "kind")."""
+        ...
+
+    def sample_t(
+        self, n: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training times (n,) as ``training_loss`` draws them."""
+        ...
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = alpha_t x0 + sigma_t noise for times t (N,)."""
+        ...
+
+    def training_loss(
+        self,
+        model: Callable[..., Tensor],
+        x0: Tensor,
+        model_kwargs: Mapping[str, Any] | None = None,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Per-sample loss (N,)."""
+        ...
+
+    def normalized_time(self, t: Tensor) -> Tensor:
+        """Network time -> [0, 1] (0 = data), the scale of guidance intervals."""
+        ...
+
+    def sampling_grid(self, steps: int | str, sampler: str | None = None) -> SamplingGrid:
+        """The levels ``sampler`` runs on with ``steps`` steps; ProcessError for a bad step count."""
+        ...
+
+    def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
+        """Convert the raw network output ``out`` at level i of ``grid`` into a Prediction."""
+        ...
+
+    def sample(
+        self,
+        model_fn: Callable[..., Tensor],
+        noise: Tensor,
+        *,
+        sampler: str | None = None,
+        steps: int | str = 50,
+        model_kwargs: Mapping[str, Any] | None = None,
+        cfg_scale: float = 1.0,
+        uncond_model_kwargs: Mapping[str, Any] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_channels: int | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        callback: Callback = None,
+        sampler_options: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """Generate x0 from ``noise``; see ``run_sampler``."""
+        ...
+
+
+def check_sampler(process: Process, sampler: str) -> None:
+    """ProcessError, one line listing the valid names, when ``process`` cannot run ``sampler``."""
+    from ditlab.diffusion.samplers import SAMPLERS
+
+    if sampler in process.samplers:
+        return
+    valid = ", ".join(process.samplers)
+    if sampler in SAMPLERS:
+        raise ProcessError(f"sampler {sampler!r} cannot run the {process.kind} process; choose one of {valid}")
+    raise ProcessError(f"unknown sampler {sampler!r} for {process.kind}; choose one of {valid}")
+
+
+def run_sampler(
+    process: Process,
+    model_fn: Callable[..., Tensor],
+    noise: Tensor,
+    *,
+    sampler: str | None,
+    steps: int | str,
+    model_kwargs: Mapping[str, Any] | None,
+    cfg_scale: float,
+    uncond_model_kwargs: Mapping[str, Any] | None,
+    guidance_interval: tuple[float, float] | None,
+    guidance_channels: int | None,
+    generators: Sequence[torch.Generator] | None,
+    callback: Callback,
+    sampler_options: Mapping[str, Any] | None,
+) -> Tensor:
+    """The body of ``process.sample``: check the request, build the grid and the guided denoiser, run.
+
+    ``callback(i, n, x, x0_hat)`` is called after every solver step i = 0 .. n-1 with the new state x and
+    the step's (guided) data prediction x0_hat; to stop, raise from it (nothing here catches it).
+    """
+    from ditlab.diffusion.samplers import SAMPLERS
+
+    sampler = sampler or process.default_sampler
+    check_sampler(process, sampler)
+    fn, allowed = SAMPLERS[sampler]
+    options = check_sampler_options(sampler, sampler_options, allowed)
+    check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
+    grid = process.sampling_grid(steps, sampler)
+    guided = classifier_free_guidance(
+        model_fn,
+        model_kwargs,
+        cfg_scale=cfg_scale,
+        uncond_model_kwargs=uncond_model_kwargs,
+        guidance_channels=guidance_channels,
+        guidance_interval=guidance_interval,
+        normalized_time=process.normalized_time,
+    )
+    dtype = time_dtype(noise)
+
+    def denoise(x: Tensor, i: int) -> Prediction:
+        t = torch.full((x.shape[0],), grid.time(i), device=x.device, dtype=dtype)
+        return process.predict_at(guided(x, t), x, grid, i)
+
+    return fn(denoise, noise, grid, generators=generators, callback=callback, **options)
+
+
+def log_snr(alpha: float, sigma: float) -> float:
+    """lambda = log(alpha / sigma), -inf at pure noise (alpha = 0), +inf at clean data (sigma = 0)."""
+    if alpha <= 0.0:
+        return -math.inf
+    if sigma <= 0.0:
+        return math.inf
+    return math.log(alpha) - math.log(sigma)

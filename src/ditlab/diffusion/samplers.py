@@ -1,0 +1,282 @@
+"""Samplers, written once against the Process protocol (``process.py``), as stateless functions::
+
+    sample_<name>(denoise, x, grid, *, generators=None, callback=None, **options) -> x0
+
+``x`` is the initial noise at level 0 of ``grid`` (a SamplingGrid: levels i = 0 .. n from noise to clean
+data, x_i = alpha_i x0 + sigma_i eps); ``denoise(x, i) -> Prediction`` evaluates the (guided) network at
+level i. Every sampler takes n steps, one network evaluation each (Heun: two, except into clean data
+where the network has no time), calls ``callback(i, n, x, x0_hat)`` after step i with the new state and
+the step's data prediction, and never catches what the callback raises.
+
+Coordinates (EDM, Karras et al. 2022, Sec. 3): the probability-flow ODE is solved in y = x / s,
+tau = sigma / s with the process's scale s (DDPM: s = alpha, so y = x0 + tau eps and dy/dtau = eps_hat;
+flow: s = 1, tau = t, y = (1 - t) x0 + t eps and dy/dtau = eps_hat - x0_hat = v). In both, alpha / s is
+affine in tau, so the paths of a point mass are straight and Euler's step lands on
+alpha' x0_hat + sigma' eps_hat: Euler = DDIM(eta = 0) on every process; flow Euler is also Euler in t.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ditlab.diffusion.noise import randn_like_per_sample
+from ditlab.diffusion.process import Callback, Denoiser, SamplingGrid, log_snr
+from ditlab.errors import ProcessError
+
+
+def _check_nonnegative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ProcessError(f"sampler option {name} must be >= 0, got {value}; e.g. {name}=1.0")
+
+
+def _ode_step(x: Tensor, u: Tensor, s: float, s_next: float, tau: float, tau_next: float) -> Tensor:
+    """One Euler step of dy/dtau = u in y = x / s: x' = s' (x / s + (tau' - tau) u) (scales of 1 skipped)."""
+    y = x if s == 1.0 else x / s
+    y = y + (tau_next - tau) * u
+    return y if s_next == 1.0 else s_next * y
+
+
+def sample_ddpm(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) down the grid's Markov chain:
+
+        x_{i+1} = c0_i x0_hat + c1_i x_i + exp(log_var_i / 2) z,   z ~ N(0, I),
+
+    the mean of the posterior q(x_{i+1} | x_i, x0 = x0_hat) (``grid.posterior_x0 / posterior_x``) plus the
+    process's reverse-step variance (DDPM: learned range, Nichol & Dhariwal eq. 15, or the fixed beta).
+    The last step, into sigma = 0, returns the mean without noise. Needs ``Prediction.log_variance``.
+    """
+    n = grid.num_steps
+    c0, c1, sigmas = grid.posterior_x0.tolist(), grid.posterior_x.tolist(), grid.sigmas.tolist()
+    for i in range(n):
+        pred = denoise(x, i)
+        if pred.log_variance is None:
+            raise ValueError("sample_ddpm needs a process that predicts the reverse-step variance")
+        mean = c0[i] * pred.x0 + c1[i] * x
+        if sigmas[i + 1] > 0:
+            x = mean + torch.exp(0.5 * pred.log_variance) * randn_like_per_sample(x, generators)
+        else:
+            x = mean
+        if callback is not None:
+            callback(i, n, x, pred.x0)
+    return x
+
+
+def ddim_step(
+    x0: Tensor,
+    eps: Tensor,
+    alpha: float,
+    sigma: float,
+    alpha_next: float,
+    sigma_next: float,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """One DDIM update from (alpha, sigma) to (alpha', sigma') (Song et al. 2021, eq. 12, for any alpha, sigma):
+
+        x' = alpha' x0_hat + sqrt(sigma'^2 - s^2) eps_hat + s z,
+        s = eta sigma' sqrt(1 - e^{-2h}),  e^{-h} = (alpha sigma') / (alpha' sigma),  h = lambda' - lambda,
+
+    where s^2 (eta = 1) is the variance of the posterior q(x' | x, x0). eta = 0 is deterministic; at
+    pure noise (alpha = 0) e^{-h} = 0, and into clean data (sigma' = 0) the step returns x0_hat.
+    """
+    s = 0.0
+    if eta > 0 and sigma_next > 0:
+        r = (alpha * sigma_next) / (alpha_next * sigma)
+        s = eta * sigma_next * math.sqrt(max(1.0 - r * r, 0.0))
+    direction = (sigma_next if s == 0.0 else math.sqrt(max(sigma_next**2 - s**2, 0.0))) * eps
+    out = alpha_next * x0 + direction
+    if s > 0:
+        out = out + s * noise
+    return out
+
+
+def sample_ddim(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM (``ddim_step``): eta = 0 is the deterministic sampler (first order on the probability-flow
+    ODE; equal to ``sample_euler`` in the grid's coordinates), eta = 1 draws from the posterior (like DDPM
+    with the small variance)."""
+    _check_nonnegative("eta", eta)
+    n = grid.num_steps
+    alphas, sigmas = grid.alphas.tolist(), grid.sigmas.tolist()
+    for i in range(n):
+        pred = denoise(x, i)
+        noise = randn_like_per_sample(x, generators) if (eta > 0 and sigmas[i + 1] > 0) else None
+        x = ddim_step(pred.x0, pred.eps, alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], eta, noise)
+        if callback is not None:
+            callback(i, n, x, pred.x0)
+    return x
+
+
+def sample_dpmpp_2m(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), multistep second order in the log-SNR lambda = log(alpha/sigma):
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} expm1(-h_i) D_i,   h_i = lambda_{i+1} - lambda_i,
+        D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i),   r_i = (lambda_i - lambda_{i-1}) / h_i,
+
+    with D_0 = x0_0 (first order, = DDIM). Endpoints: at pure noise (flow t = 1, alpha = 0) lambda = -inf,
+    h = inf and the step is exactly alpha' x0_hat + sigma' x (DDIM from noise); the step after it has
+    r = inf and is first order too (no finite slope to extrapolate). Into clean data (sigma = 0,
+    lambda = +inf) the step returns x0_hat, first order.
+    """
+    n = grid.num_steps
+    alphas, sigmas = grid.alphas.tolist(), grid.sigmas.tolist()
+    lam = [log_snr(a, s) for a, s in zip(alphas, sigmas, strict=True)]
+    x0_prev: Tensor | None = None
+    for i in range(n):
+        pred = denoise(x, i)
+        x0 = pred.x0
+        if sigmas[i + 1] <= 0.0:
+            x = x0
+        else:
+            h = lam[i + 1] - lam[i]
+            d = x0
+            if x0_prev is not None and math.isfinite(lam[i - 1]):
+                r = (lam[i] - lam[i - 1]) / h
+                d = x0 + 0.5 * (x0 - x0_prev) / r
+            x = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * math.expm1(-h) * d
+        x0_prev = x0
+        if callback is not None:
+            callback(i, n, x, x0)
+    return x
+
+
+def sample_euler(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Euler's method on the probability-flow ODE in the grid's coordinates (y = x / s, tau = sigma / s):
+
+        y_{i+1} = y_i + (tau_{i+1} - tau_i) u_i,   u_i = dy/dtau = Prediction.velocity,
+
+    first order. On DDPM (s = alpha, u = eps_hat) this is EDM's Euler and equals DDIM(eta = 0); on flow
+    (s = 1, tau = t, u = v) it is x_{i+1} = x_i + (t_{i+1} - t_i) v, which also equals DDIM.
+    """
+    n = grid.num_steps
+    scales, taus = grid.scales.tolist(), grid.taus.tolist()
+    for i in range(n):
+        pred = denoise(x, i)
+        x = _ode_step(x, pred.velocity, scales[i], scales[i + 1], taus[i], taus[i + 1])
+        if callback is not None:
+            callback(i, n, x, pred.x0)
+    return x
+
+
+def sample_heun(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Heun's method (explicit trapezoid, second order; EDM Alg. 1 without churn) in the grid's coordinates:
+
+        y_e = y_i + h u_i,   y_{i+1} = y_i + h (u_i + u(y_e, tau_{i+1})) / 2,   h = tau_{i+1} - tau_i.
+
+    Two evaluations per step. Into clean data the correction needs the network at sigma = 0: flow has
+    it (t = 0), DDPM does not, so DDPM's last step is an Euler step (as EDM and k-diffusion do).
+    On flow this is Heun in (x, t) on the velocity.
+    """
+    n = grid.num_steps
+    scales, taus = grid.scales.tolist(), grid.taus.tolist()
+    for i in range(n):
+        pred = denoise(x, i)
+        s, s_next, h = scales[i], scales[i + 1], taus[i + 1] - taus[i]
+        if grid.can_evaluate(i + 1):
+            u = pred.velocity
+            y = x if s == 1.0 else x / s
+            y_euler = y + h * u
+            x_euler = y_euler if s_next == 1.0 else s_next * y_euler
+            y = y + 0.5 * h * (u + denoise(x_euler, i + 1).velocity)
+            x = y if s_next == 1.0 else s_next * y
+        else:
+            x = _ode_step(x, pred.velocity, s, s_next, taus[i], taus[i + 1])
+        if callback is not None:
+            callback(i, n, x, pred.x0)
+    return x
+
+
+def sample_euler_maruyama(
+    denoise: Denoiser,
+    x: Tensor,
+    grid: SamplingGrid,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    callback: Callback = None,
+    noise_scale: float = 1.0,
+) -> Tensor:
+    """Euler-Maruyama on a reverse-time SDE with the ODE's marginals, in the grid's coordinates.
+
+    With diffusion g(tau)^2 = 2 c tau (c = ``noise_scale``; c = 0 is Euler) the reverse SDE is
+    dy = [u - (g^2 / 2) score] dtau + g dW_bar, and as tau = sigma / s the score of y is -eps_hat / tau,
+    so (g^2 / 2) score = -c eps_hat stays bounded as tau -> 0. With h = tau_i - tau_{i+1} > 0:
+
+        y_{i+1} = y_i - h (u_i + c eps_hat_i) + sqrt(2 c tau_i h) z,   z ~ N(0, I).
+
+    On DDPM (y = x / alpha, tau = sigma / alpha) c = 1 is exactly the reverse VP-SDE of Song et al. 2021
+    (d(tau^2) = beta / alpha_bar dt); on flow it is the SDE with g^2 = 2 c t. First order (weak). The last
+    step, into clean data, is the deterministic Euler step (the denoised mean).
+    """
+    _check_nonnegative("noise_scale", noise_scale)
+    n = grid.num_steps
+    scales, taus, sigmas = grid.scales.tolist(), grid.taus.tolist(), grid.sigmas.tolist()
+    for i in range(n):
+        pred = denoise(x, i)
+        s, s_next, tau = scales[i], scales[i + 1], taus[i]
+        if sigmas[i + 1] > 0:
+            h = tau - taus[i + 1]  # > 0: the step in reverse time
+            y = x if s == 1.0 else x / s
+            drift = -pred.velocity - noise_scale * pred.eps
+            y = y + h * drift + (2.0 * noise_scale * tau * h) ** 0.5 * randn_like_per_sample(x, generators)
+            x = y if s_next == 1.0 else s_next * y
+        else:
+            x = _ode_step(x, pred.velocity, s, s_next, tau, taus[i + 1])
+        if callback is not None:
+            callback(i, n, x, pred.x0)
+    return x
+
+
+class SamplerSpec(NamedTuple):
+    """A sampler function and the names of its options (``sampler_options=``)."""
+
+    fn: Callable[..., Tensor]
+    options: tuple[str, ...]
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(sample_ddpm, ()),
+    "ddim": SamplerSpec(sample_ddim, ("eta",)),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, ()),
+    "euler": SamplerSpec(sample_euler, ()),
+    "heun": SamplerSpec(sample_heun, ()),
+    "euler_maruyama": SamplerSpec(sample_euler_maruyama, ("noise_scale",)),
+}
