@@ -127,7 +127,8 @@ class FlowProcess:
 
     def sampling_grid(self, steps: int, sampler: str | None = None) -> SamplingGrid:
         """Levels t_0 = 1 > ... > t_n = 0 of ``sampling_times(steps)`` (the same for every sampler):
-        alpha = 1 - t, sigma = t, network time t (also at t = 0), ODE coordinates y = x, tau = t."""
+        alpha = 1 - t, sigma = t, network time t (also at t = 0), ODE scale s = alpha + sigma = 1 exactly,
+        so the ODE coordinates are (x, t) themselves."""
         times = self.sampling_times(steps)  # (n + 1,) float64, 1 -> 0
         alphas, sigmas = 1.0 - times, times
         c0, c1 = posterior_coefficients(alphas, sigmas)
@@ -143,7 +144,7 @@ class FlowProcess:
 
     def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
         """The network predicts the velocity v = eps - x0 at t = t_i; with x = (1 - t) x0 + t eps,
-        x0_hat = x - t v and eps_hat = x + (1 - t) v. The ODE velocity (coordinates (x, t)) is v itself."""
+        x0_hat = x - t v and eps_hat = x + (1 - t) v. The ODE velocity dx/dt is v itself."""
         v, _ = split_output(out, x.shape[1], False, self.kind)
         t = grid.time(i)
         return Prediction(x0=x - t * v, eps=x + (1.0 - t) * v, log_variance=None, velocity=v)

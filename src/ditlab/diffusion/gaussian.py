@@ -96,8 +96,7 @@ class GaussianProcess:
 
     # ----- reverse process -----
     def predict(self, out: Tensor, x_t: Tensor, k: Tensor, schedule: SpacedSchedule | None = None) -> Prediction:
-        """Turn the raw network output at kept step k of ``schedule`` into (x0, eps, log-variance); the ODE
-        velocity is eps (in the sampling coordinates y = x / alpha, tau = sigma / alpha, dy/dtau = eps)."""
+        """Turn the raw network output at kept step k of ``schedule`` into (x0, eps, log-variance)."""
         s = schedule or self.full
         model_out, var_values = split_output(out, x_t.shape[1], self.learn_sigma, self.kind)
         ab = extract(s.alphas_cumprod, k, x_t)
@@ -119,7 +118,7 @@ class GaussianProcess:
             max_log = extract(s.betas, k, x_t).log()
             frac = (var_values + 1.0) / 2.0
             log_var = frac * max_log + (1.0 - frac) * min_log
-        return Prediction(x0, eps, log_var, eps)
+        return Prediction(x0, eps, log_var)
 
     def vlb_terms(self, pred: Prediction, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Per-sample VLB term in bits per dimension: KL(q || p) for t > 0, decoder NLL at t = 0."""
@@ -172,9 +171,10 @@ class GaussianProcess:
         ``steps`` is an int or a spacing string: ADM's ``"250"``, ``"10,20"``, ``"ddim50"`` (as DiT/ADM);
         ``"linspace20"`` (diffusers' default: round(linspace(0, T-1, n+1))[1:]); ``"logsnr20"`` (uniform
         in log-SNR); ``"quad20"`` / ``"cubic20"`` (t = (T-1)(i/n)^2 or ^3). An int picks the sampler's
-        default: ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim``, and for ``dpmpp_2m``
-        the spacing that measured best on the analytic benchmark (docs/samplers.md) for the schedule:
-        cubic for linear / scaled_linear, linspace for cosine.
+        default: ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim`` and ``euler`` (so
+        they take the same steps), and where measured best on the analytic data (docs/samplers.md):
+        ``dpmpp_2m`` cubic (linear / scaled_linear) or linspace (cosine), ``heun`` quad or ADM (cosine),
+        ``euler_maruyama`` quad.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, str)):
             raise ProcessError(
@@ -207,9 +207,13 @@ class GaussianProcess:
         return SpacedSchedule.from_alphas_cumprod(self.alphas_cumprod, kept)
 
     def _default_spacing(self, sampler: str) -> str:
-        if sampler == "ddpm":
+        # Measured on Gaussian data and the 2-D mixture (docs/samplers.md).
+        cosine = self.schedule == "cosine"
+        if sampler == "ddpm" or (sampler == "heun" and cosine):
             return ""  # ADM's even spacing: "250"
-        if sampler in ("dpmpp_2m", "heun") and self.schedule != "cosine":
+        if sampler in ("heun", "euler_maruyama"):
+            return "quad"
+        if sampler == "dpmpp_2m" and not cosine:
             return "cubic"
         return "linspace"
 
@@ -222,8 +226,8 @@ class GaussianProcess:
 
         Level i < n is kept step k = n-1-i: network time = its original index, alpha = sqrt(alpha_bar_k),
         sigma = sqrt(1 - alpha_bar_k); level n is clean data (alpha 1, sigma 0), where the network is not
-        evaluated. ODE coordinates y = x / alpha, tau = sigma / alpha (EDM). The posterior coefficients and
-        the chain (for the reverse variances) are the respaced chain's own tables.
+        evaluated. ODE scale s = alpha + sigma. The posterior coefficients and the chain (for the reverse
+        variances) are the respaced chain's own tables.
         """
         chain = self.spaced(steps, sampler or self.default_sampler)
         acp = chain.alphas_cumprod.flip(0).tolist()  # (n,) noisiest first
@@ -234,7 +238,7 @@ class GaussianProcess:
             times=chain.timesteps.flip(0).to(torch.float64),
             alphas=alphas,
             sigmas=sigmas,
-            scales=alphas,
+            scales=alphas + sigmas,
             posterior_x0=chain.posterior_mean_coef1.flip(0),
             posterior_x=chain.posterior_mean_coef2.flip(0),
             end_time=None,
@@ -242,9 +246,11 @@ class GaussianProcess:
         )
 
     def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
-        """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain)."""
+        """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain), with the
+        ODE velocity eps_hat - x0_hat."""
         k = torch.full((x.shape[0],), grid.num_steps - 1 - i, dtype=torch.long)
-        return self.predict(out, x, k, grid.chain)
+        pred = self.predict(out, x, k, grid.chain)
+        return pred._replace(velocity=pred.eps - pred.x0)
 
     def sample(
         self,

@@ -4,12 +4,13 @@ A process has its own time ``t`` (DDPM: step index, 0 = clean; flow: t in [0, 1]
 noise level is also a pair (alpha, sigma) with x = alpha x0 + sigma eps. A sampler sees only
 
 - a ``SamplingGrid``: n solver steps over n + 1 levels from noise (i = 0) to clean data (i = n), with the
-  network time of each level, (alpha_i, sigma_i), and the coordinates the probability-flow ODE is
-  solved in: y = x / s_i, tau_i = sigma_i / s_i, chosen by the process so that alpha_i / s_i is affine
-  in tau (DDPM: s = alpha, tau = sigma / alpha, as EDM / k-diffusion; flow: s = 1, tau = t);
+  network time of each level, (alpha_i, sigma_i), and the scale s_i = alpha_i + sigma_i of the
+  coordinates the probability-flow ODE is solved in: y = x / s = (1 - tau) x0 + tau eps with
+  tau = sigma / s in [0, 1]. After this rescaling every Gaussian process is a rectified flow in (y, tau)
+  (for flow s = 1 exactly: y = x, tau = t);
 - ``denoise(x, i) -> Prediction``: the (guided) network evaluated at level i and converted by the
-  process into the data prediction x0, the noise prediction eps, the ODE velocity dy/dtau and, for
-  DDPM, the reverse-step log-variance.
+  process into the data prediction x0, the noise prediction eps, the ODE velocity dy/dtau = eps - x0
+  and, for DDPM, the reverse-step log-variance.
 
 So each sampler is written once (``samplers.py``) and runs on every process that provides what it
 needs; ``run_sampler`` is the shared body of ``process.sample``.
@@ -33,9 +34,10 @@ from ditlab.errors import ProcessError
 class Prediction(NamedTuple):
     """What the network says about x at one noise level (alpha, sigma).
 
-    ``x0`` and ``eps`` satisfy x = alpha x0 + sigma eps. ``velocity`` is dy/dtau of the probability-flow
-    ODE in the grid's coordinates, dy/dtau = d(alpha / s)/dtau x0 + eps (DDPM: eps; flow: eps - x0, the
-    network's own output). ``log_variance`` is DDPM's reverse-step log-variance (None for flow).
+    ``x0`` and ``eps`` satisfy x = alpha x0 + sigma eps. ``velocity`` is dy/dtau = eps - x0 of the
+    probability-flow ODE in the grid's coordinates (flow: the network's own output, exactly).
+    ``log_variance`` is DDPM's reverse-step log-variance (None for flow; ``predict_at`` always fills
+    ``velocity``).
     """
 
     x0: Tensor
@@ -73,7 +75,7 @@ class SamplingGrid:
     times: Tensor  # (n,) the network time of levels 0 .. n-1 (DDPM step index as a float, flow t)
     alphas: Tensor  # (n + 1,)
     sigmas: Tensor  # (n + 1,)
-    scales: Tensor  # (n + 1,) s_i of the ODE coordinates y = x / s_i, tau_i = sigma_i / s_i
+    scales: Tensor  # (n + 1,) s_i = alpha_i + sigma_i (flow: exactly 1): ODE coordinates y = x / s, tau = sigma / s
     posterior_x0: Tensor  # (n,) c0 of q(x_{i+1} | x_i, x0), see posterior_coefficients
     posterior_x: Tensor  # (n,) c1
     end_time: float | None = None  # network time at clean data (flow: 0.0); None: not evaluated there (DDPM)

@@ -8,11 +8,15 @@ level i. Every sampler takes n steps, one network evaluation each (Heun: two, ex
 where the network has no time), calls ``callback(i, n, x, x0_hat)`` after step i with the new state and
 the step's data prediction, and never catches what the callback raises.
 
-Coordinates (EDM, Karras et al. 2022, Sec. 3): the probability-flow ODE is solved in y = x / s,
-tau = sigma / s with the process's scale s (DDPM: s = alpha, so y = x0 + tau eps and dy/dtau = eps_hat;
-flow: s = 1, tau = t, y = (1 - t) x0 + t eps and dy/dtau = eps_hat - x0_hat = v). In both, alpha / s is
-affine in tau, so the paths of a point mass are straight and Euler's step lands on
-alpha' x0_hat + sigma' eps_hat: Euler = DDIM(eta = 0) on every process; flow Euler is also Euler in t.
+Coordinates: after rescaling, every process is a rectified flow: y = x / s = (1 - tau) x0 + tau eps with
+s = alpha + sigma and tau = sigma / s in [0, 1] (flow: s = 1, y = x, tau = t). The probability-flow ODE
+is dy/dtau = eps_hat - x0_hat (``Prediction.velocity``; flow: the network's v itself), solved from
+tau ~ 1 down to 0. As (1 - tau) and tau are affine in tau, the paths of a point mass are straight and
+Euler's step lands on alpha' x0_hat + sigma' eps_hat: Euler = DDIM(eta = 0) on every process.
+EDM's coordinates (x / alpha, sigma / alpha) were measured and not used: on DDPM's schedules sigma /
+alpha reaches 157 (linear) and 2.0e4 (cosine) at t = T - 1, and Heun's correction over the first step
+from there, or Euler-Maruyama's, blew up on the cosine schedule (std error x84 at 10 steps) where in
+(y, tau), with tau <= 1, they converge at their order (docs/samplers.md).
 """
 from __future__ import annotations
 
@@ -177,8 +181,8 @@ def sample_euler(
 
         y_{i+1} = y_i + (tau_{i+1} - tau_i) u_i,   u_i = dy/dtau = Prediction.velocity,
 
-    first order. On DDPM (s = alpha, u = eps_hat) this is EDM's Euler and equals DDIM(eta = 0); on flow
-    (s = 1, tau = t, u = v) it is x_{i+1} = x_i + (t_{i+1} - t_i) v, which also equals DDIM.
+    first order. It equals DDIM(eta = 0) on every process (module doc); on flow (s = 1, tau = t, u = v) it
+    is x_{i+1} = x_i + (t_{i+1} - t_i) v.
     """
     n = grid.num_steps
     scales, taus = grid.scales.tolist(), grid.taus.tolist()
@@ -203,8 +207,8 @@ def sample_heun(
         y_e = y_i + h u_i,   y_{i+1} = y_i + h (u_i + u(y_e, tau_{i+1})) / 2,   h = tau_{i+1} - tau_i.
 
     Two evaluations per step. Into clean data the correction needs the network at sigma = 0: flow has
-    it (t = 0), DDPM does not, so DDPM's last step is an Euler step (as EDM and k-diffusion do).
-    On flow this is Heun in (x, t) on the velocity.
+    it (t = 0), DDPM does not, so DDPM's last step is an Euler step (as EDM and k-diffusion do at
+    sigma = 0). On flow this is Heun in (x, t) on the velocity.
     """
     n = grid.num_steps
     scales, taus = grid.scales.tolist(), grid.taus.tolist()
@@ -237,14 +241,14 @@ def sample_euler_maruyama(
     """Euler-Maruyama on a reverse-time SDE with the ODE's marginals, in the grid's coordinates.
 
     With diffusion g(tau)^2 = 2 c tau (c = ``noise_scale``; c = 0 is Euler) the reverse SDE is
-    dy = [u - (g^2 / 2) score] dtau + g dW_bar, and as tau = sigma / s the score of y is -eps_hat / tau,
-    so (g^2 / 2) score = -c eps_hat stays bounded as tau -> 0. With h = tau_i - tau_{i+1} > 0:
+    dy = [u - (g^2 / 2) score] dtau + g dW_bar; since y = (1 - tau) x0 + tau eps the score of y is
+    -eps_hat / tau, so (g^2 / 2) score = -c eps_hat stays bounded as tau -> 0. With h = tau_i - tau_{i+1} > 0:
 
         y_{i+1} = y_i - h (u_i + c eps_hat_i) + sqrt(2 c tau_i h) z,   z ~ N(0, I).
 
-    On DDPM (y = x / alpha, tau = sigma / alpha) c = 1 is exactly the reverse VP-SDE of Song et al. 2021
-    (d(tau^2) = beta / alpha_bar dt); on flow it is the SDE with g^2 = 2 c t. First order (weak). The last
-    step, into clean data, is the deterministic Euler step (the denoised mean).
+    On flow (y = x, tau = t) this is the SDE with g(t)^2 = 2 c t; on DDPM the same SDE in the rescaled
+    coordinates. First order (weak). The last step, into clean data, is the deterministic Euler step
+    (the denoised mean).
     """
     _check_nonnegative("noise_scale", noise_scale)
     n = grid.num_steps
