@@ -246,11 +246,10 @@ class GaussianProcess:
         )
 
     def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
-        """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain), with the
-        ODE velocity eps_hat - x0_hat."""
+        """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain); the ODE
+        velocity is left to ``Prediction.ode_velocity`` (eps_hat - x0_hat), computed only where used."""
         k = torch.full((x.shape[0],), grid.num_steps - 1 - i, dtype=torch.long)
-        pred = self.predict(out, x, k, grid.chain)
-        return pred._replace(velocity=pred.eps - pred.x0)
+        return self.predict(out, x, k, grid.chain)
 
     def sample(
         self,

@@ -10,7 +10,8 @@ noise level is also a pair (alpha, sigma) with x = alpha x0 + sigma eps. A sampl
   (for flow s = 1 exactly: y = x, tau = t);
 - ``denoise(x, i) -> Prediction``: the (guided) network evaluated at level i and converted by the
   process into the data prediction x0, the noise prediction eps, the ODE velocity dy/dtau = eps - x0
-  and, for DDPM, the reverse-step log-variance.
+  (given by flow's network itself, computed from x0 and eps for DDPM) and, for DDPM, the reverse-step
+  log-variance.
 
 So each sampler is written once (``samplers.py``) and runs on every process that provides what it
 needs; ``run_sampler`` is the shared body of ``process.sample``.
@@ -34,16 +35,20 @@ from ditlab.errors import ProcessError
 class Prediction(NamedTuple):
     """What the network says about x at one noise level (alpha, sigma).
 
-    ``x0`` and ``eps`` satisfy x = alpha x0 + sigma eps. ``velocity`` is dy/dtau = eps - x0 of the
-    probability-flow ODE in the grid's coordinates (flow: the network's own output, exactly).
-    ``log_variance`` is DDPM's reverse-step log-variance (None for flow; ``predict_at`` always fills
-    ``velocity``).
+    ``x0`` and ``eps`` satisfy x = alpha x0 + sigma eps. ``velocity``, where the process has it exactly
+    (flow: the network's own output), is dy/dtau = eps - x0 of the probability-flow ODE in the grid's
+    coordinates; ``ode_velocity()`` falls back to eps - x0. ``log_variance`` is DDPM's reverse-step
+    log-variance (None for flow).
     """
 
     x0: Tensor
     eps: Tensor
     log_variance: Tensor | None  # (N, C, ...) or broadcastable
     velocity: Tensor | None = None
+
+    def ode_velocity(self) -> Tensor:
+        """dy/dtau = eps_hat - x0_hat in y = x / (alpha + sigma), tau = sigma / (alpha + sigma)."""
+        return self.velocity if self.velocity is not None else self.eps - self.x0
 
 
 Denoiser = Callable[[Tensor, int], Prediction]

@@ -10,13 +10,13 @@ the step's data prediction, and never catches what the callback raises.
 
 Coordinates: after rescaling, every process is a rectified flow: y = x / s = (1 - tau) x0 + tau eps with
 s = alpha + sigma and tau = sigma / s in [0, 1] (flow: s = 1, y = x, tau = t). The probability-flow ODE
-is dy/dtau = eps_hat - x0_hat (``Prediction.velocity``; flow: the network's v itself), solved from
+is dy/dtau = eps_hat - x0_hat (``Prediction.ode_velocity``; flow: the network's v itself), solved from
 tau ~ 1 down to 0. As (1 - tau) and tau are affine in tau, the paths of a point mass are straight and
 Euler's step lands on alpha' x0_hat + sigma' eps_hat: Euler = DDIM(eta = 0) on every process.
 EDM's coordinates (x / alpha, sigma / alpha) were measured and not used: on DDPM's schedules sigma /
 alpha reaches 157 (linear) and 2.0e4 (cosine) at t = T - 1, and Heun's correction over the first step
-from there, or Euler-Maruyama's, blew up on the cosine schedule (std error x84 at 10 steps) where in
-(y, tau), with tau <= 1, they converge at their order (docs/samplers.md).
+from there, or Euler-Maruyama's, blew up on the cosine schedule (relative std error 84 at 10 steps)
+where in (y, tau), with tau <= 1, they converge at their order (docs/samplers.md).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def sample_euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE in the grid's coordinates (y = x / s, tau = sigma / s):
 
-        y_{i+1} = y_i + (tau_{i+1} - tau_i) u_i,   u_i = dy/dtau = Prediction.velocity,
+        y_{i+1} = y_i + (tau_{i+1} - tau_i) u_i,   u_i = dy/dtau = eps_hat - x0_hat (Prediction.ode_velocity),
 
     first order. It equals DDIM(eta = 0) on every process (module doc); on flow (s = 1, tau = t, u = v) it
     is x_{i+1} = x_i + (t_{i+1} - t_i) v.
@@ -188,7 +188,7 @@ def sample_euler(
     scales, taus = grid.scales.tolist(), grid.taus.tolist()
     for i in range(n):
         pred = denoise(x, i)
-        x = _ode_step(x, pred.velocity, scales[i], scales[i + 1], taus[i], taus[i + 1])
+        x = _ode_step(x, pred.ode_velocity(), scales[i], scales[i + 1], taus[i], taus[i + 1])
         if callback is not None:
             callback(i, n, x, pred.x0)
     return x
@@ -216,14 +216,14 @@ def sample_heun(
         pred = denoise(x, i)
         s, s_next, h = scales[i], scales[i + 1], taus[i + 1] - taus[i]
         if grid.can_evaluate(i + 1):
-            u = pred.velocity
+            u = pred.ode_velocity()
             y = x if s == 1.0 else x / s
             y_euler = y + h * u
             x_euler = y_euler if s_next == 1.0 else s_next * y_euler
-            y = y + 0.5 * h * (u + denoise(x_euler, i + 1).velocity)
+            y = y + 0.5 * h * (u + denoise(x_euler, i + 1).ode_velocity())
             x = y if s_next == 1.0 else s_next * y
         else:
-            x = _ode_step(x, pred.velocity, s, s_next, taus[i], taus[i + 1])
+            x = _ode_step(x, pred.ode_velocity(), s, s_next, taus[i], taus[i + 1])
         if callback is not None:
             callback(i, n, x, pred.x0)
     return x
@@ -259,11 +259,11 @@ def sample_euler_maruyama(
         if sigmas[i + 1] > 0:
             h = tau - taus[i + 1]  # > 0: the step in reverse time
             y = x if s == 1.0 else x / s
-            drift = -pred.velocity - noise_scale * pred.eps
+            drift = -pred.ode_velocity() - noise_scale * pred.eps
             y = y + h * drift + (2.0 * noise_scale * tau * h) ** 0.5 * randn_like_per_sample(x, generators)
             x = y if s_next == 1.0 else s_next * y
         else:
-            x = _ode_step(x, pred.velocity, s, s_next, tau, taus[i + 1])
+            x = _ode_step(x, pred.ode_velocity(), s, s_next, tau, taus[i + 1])
         if callback is not None:
             callback(i, n, x, pred.x0)
     return x
