@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditlab.diffusion import PROCESSES, create_process, per_sample_generators, per_sample_noise
+from ditlab.diffusion import PROCESSES, Process, create_process, per_sample_generators, per_sample_noise
 from ditlab.errors import ProcessError
 
 
@@ -37,7 +37,8 @@ def test_round_trip_and_attributes(kind, options):
     assert d["kind"] == kind and p.kind == kind
     q = create_process(**d)
     assert q.to_dict() == d
-    assert p.default_sampler in p.samplers
+    assert p.default_sampler in p.samplers and p.samplers[0] == p.default_sampler
+    assert isinstance(p, Process)  # the protocol's attributes and methods are all there
     assert p.learn_sigma == (kind == "ddpm" and options.get("learn_sigma", True))
     assert set(PROCESSES) == {"ddpm", "flow"}
 

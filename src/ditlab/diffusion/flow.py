@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ditlab.diffusion.common import check_choice, split_output, time_dtype
 from ditlab.diffusion.losses import mean_flat
-from ditlab.diffusion.process import Callback, Prediction, SamplingGrid, posterior_coefficients, run_sampler
+from ditlab.diffusion.process import Callback, Prediction, SamplingGrid, posterior_coefficients
+from ditlab.diffusion.samplers import run_sampler
 from ditlab.errors import ProcessError
 
 TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")

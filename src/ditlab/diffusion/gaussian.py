@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ditlab.diffusion.common import check_choice, split_output, time_dtype
 from ditlab.diffusion.losses import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from ditlab.diffusion.process import Callback, Prediction, SamplingGrid, run_sampler
+from ditlab.diffusion.process import Callback, Prediction, SamplingGrid
+from ditlab.diffusion.samplers import run_sampler
 from ditlab.diffusion.schedules import (
     SCHEDULES,
     SpacedSchedule,

@@ -14,11 +14,10 @@ noise level is also a pair (alpha, sigma) with x = alpha x0 + sigma eps. A sampl
   log-variance.
 
 So each sampler is written once (``samplers.py``) and runs on every process that provides what it
-needs; ``run_sampler`` is the shared body of ``process.sample``.
+needs; ``samplers.run_sampler`` is the shared body of ``process.sample``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -26,10 +25,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ditlab.diffusion.common import check_sampler_options, time_dtype
-from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
 from ditlab.diffusion.schedules import SpacedSchedule
-from ditlab.errors import ProcessError
 
 
 class Prediction(NamedTuple):
@@ -171,73 +167,5 @@ class Process(Protocol):
         callback: Callback = None,
         sampler_options: Mapping[str, Any] | None = None,
     ) -> Tensor:
-        """Generate x0 from ``noise``; see ``run_sampler``."""
+        """Generate x0 from ``noise``; see ``samplers.run_sampler``."""
         ...
-
-
-def check_sampler(process: Process, sampler: str) -> None:
-    """ProcessError, one line listing the valid names, when ``process`` cannot run ``sampler``."""
-    from ditlab.diffusion.samplers import SAMPLERS
-
-    if sampler in process.samplers:
-        return
-    valid = ", ".join(process.samplers)
-    if sampler in SAMPLERS:
-        raise ProcessError(f"sampler {sampler!r} cannot run the {process.kind} process; choose one of {valid}")
-    raise ProcessError(f"unknown sampler {sampler!r} for {process.kind}; choose one of {valid}")
-
-
-def run_sampler(
-    process: Process,
-    model_fn: Callable[..., Tensor],
-    noise: Tensor,
-    *,
-    sampler: str | None,
-    steps: int | str,
-    model_kwargs: Mapping[str, Any] | None,
-    cfg_scale: float,
-    uncond_model_kwargs: Mapping[str, Any] | None,
-    guidance_interval: tuple[float, float] | None,
-    guidance_channels: int | None,
-    generators: Sequence[torch.Generator] | None,
-    callback: Callback,
-    sampler_options: Mapping[str, Any] | None,
-) -> Tensor:
-    """The body of ``process.sample``: check the request, build the grid and the guided denoiser, run.
-
-    ``callback(i, n, x, x0_hat)`` is called after every solver step i = 0 .. n-1 with the new state x and
-    the step's (guided) data prediction x0_hat; to stop, raise from it (nothing here catches it).
-    """
-    from ditlab.diffusion.samplers import SAMPLERS
-
-    sampler = sampler or process.default_sampler
-    check_sampler(process, sampler)
-    fn, allowed = SAMPLERS[sampler]
-    options = check_sampler_options(sampler, sampler_options, allowed)
-    check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
-    grid = process.sampling_grid(steps, sampler)
-    guided = classifier_free_guidance(
-        model_fn,
-        model_kwargs,
-        cfg_scale=cfg_scale,
-        uncond_model_kwargs=uncond_model_kwargs,
-        guidance_channels=guidance_channels,
-        guidance_interval=guidance_interval,
-        normalized_time=process.normalized_time,
-    )
-    dtype = time_dtype(noise)
-
-    def denoise(x: Tensor, i: int) -> Prediction:
-        t = torch.full((x.shape[0],), grid.time(i), device=x.device, dtype=dtype)
-        return process.predict_at(guided(x, t), x, grid, i)
-
-    return fn(denoise, noise, grid, generators=generators, callback=callback, **options)
-
-
-def log_snr(alpha: float, sigma: float) -> float:
-    """lambda = log(alpha / sigma), -inf at pure noise (alpha = 0), +inf at clean data (sigma = 0)."""
-    if alpha <= 0.0:
-        return -math.inf
-    if sigma <= 0.0:
-        return math.inf
-    return math.log(alpha) - math.log(sigma)

@@ -6,7 +6,8 @@
 data, x_i = alpha_i x0 + sigma_i eps); ``denoise(x, i) -> Prediction`` evaluates the (guided) network at
 level i. Every sampler takes n steps, one network evaluation each (Heun: two, except into clean data
 where the network has no time), calls ``callback(i, n, x, x0_hat)`` after step i with the new state and
-the step's data prediction, and never catches what the callback raises.
+the step's data prediction, and never catches what the callback raises. ``SAMPLERS`` maps names to
+(function, option names); ``run_sampler`` is the body of every ``process.sample``.
 
 Coordinates: after rescaling, every process is a rectified flow: y = x / s = (1 - tau) x0 + tau eps with
 s = alpha + sigma and tau = sigma / s in [0, 1] (flow: s = 1, y = x, tau = t). The probability-flow ODE
@@ -21,15 +22,26 @@ where in (y, tau), with tau <= 1, they converge at their order (docs/samplers.md
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ditlab.diffusion.common import check_sampler_options, time_dtype
+from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
 from ditlab.diffusion.noise import randn_like_per_sample
-from ditlab.diffusion.process import Callback, Denoiser, SamplingGrid, log_snr
+from ditlab.diffusion.process import Callback, Denoiser, Prediction, Process, SamplingGrid
 from ditlab.errors import ProcessError
+
+
+def log_snr(alpha: float, sigma: float) -> float:
+    """lambda = log(alpha / sigma), -inf at pure noise (alpha = 0), +inf at clean data (sigma = 0)."""
+    if alpha <= 0.0:
+        return -math.inf
+    if sigma <= 0.0:
+        return math.inf
+    return math.log(alpha) - math.log(sigma)
 
 
 def _check_nonnegative(name: str, value: float) -> None:
@@ -284,3 +296,58 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(sample_heun, ()),
     "euler_maruyama": SamplerSpec(sample_euler_maruyama, ("noise_scale",)),
 }
+
+
+def check_sampler(process: Process, sampler: str) -> None:
+    """ProcessError, one line listing the valid names, when ``process`` cannot run ``sampler``."""
+    if sampler in process.samplers:
+        return
+    valid = ", ".join(process.samplers)
+    if sampler in SAMPLERS:
+        raise ProcessError(f"sampler {sampler!r} cannot run the {process.kind} process; choose one of {valid}")
+    raise ProcessError(f"unknown sampler {sampler!r} for {process.kind}; choose one of {valid}")
+
+
+def run_sampler(
+    process: Process,
+    model_fn: Callable[..., Tensor],
+    noise: Tensor,
+    *,
+    sampler: str | None,
+    steps: int | str,
+    model_kwargs: Mapping[str, Any] | None,
+    cfg_scale: float,
+    uncond_model_kwargs: Mapping[str, Any] | None,
+    guidance_interval: tuple[float, float] | None,
+    guidance_channels: int | None,
+    generators: Sequence[torch.Generator] | None,
+    callback: Callback,
+    sampler_options: Mapping[str, Any] | None,
+) -> Tensor:
+    """The body of ``process.sample``: check the request, build the grid and the guided denoiser, run.
+
+    ``callback(i, n, x, x0_hat)`` is called after every solver step i = 0 .. n-1 with the new state x and
+    the step's (guided) data prediction x0_hat; to stop, raise from it (nothing here catches it).
+    """
+    sampler = sampler or process.default_sampler
+    check_sampler(process, sampler)
+    fn, allowed = SAMPLERS[sampler]
+    options = check_sampler_options(sampler, sampler_options, allowed)
+    check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
+    grid = process.sampling_grid(steps, sampler)
+    guided = classifier_free_guidance(
+        model_fn,
+        model_kwargs,
+        cfg_scale=cfg_scale,
+        uncond_model_kwargs=uncond_model_kwargs,
+        guidance_channels=guidance_channels,
+        guidance_interval=guidance_interval,
+        normalized_time=process.normalized_time,
+    )
+    dtype = time_dtype(noise)
+
+    def denoise(x: Tensor, i: int) -> Prediction:
+        t = torch.full((x.shape[0],), grid.time(i), device=x.device, dtype=dtype)
+        return process.predict_at(guided(x, t), x, grid, i)
+
+    return fn(denoise, noise, grid, generators=generators, callback=callback, **options)
