@@ -20,6 +20,7 @@ samples against 1M exact samples (one draw cannot rank them: see ``summary``).
 
     python benchmarks/sampler_quality.py              # ~10 min on 2 busy CPU cores
     python benchmarks/sampler_quality.py --n 5000 --quick --repeats 0
+    python benchmarks/sampler_quality.py --repeats 0 --only ddpm:heun --only flow:dpmpp_2m
 """
 from __future__ import annotations
 
@@ -37,24 +38,41 @@ MIXTURE = GaussianMixture(
     [0.4, 0.6],
 )
 NULL = MIXTURE.num_components
-# (process, sampler, NFE list); heun makes 2 evaluations per step.
+# (process, sampler, NFE list); heun makes 2 evaluations per step (on ddpm 2 per step - 1: none at sigma = 0).
 PLAN = [
     ("ddpm", "ddpm", [25, 50, 100, 250]),
     ("ddpm", "ddim", [10, 20, 50, 100]),
     ("ddpm", "dpmpp_2m", [5, 10, 20, 50]),
+    ("ddpm", "euler", [10, 20, 50, 100]),
+    ("ddpm", "heun", [9, 19, 49, 99]),
+    ("ddpm", "euler_maruyama", [25, 50, 100, 250]),
     ("flow", "euler", [10, 20, 50, 100]),
     ("flow", "heun", [10, 20, 50, 100]),
     ("flow", "euler_maruyama", [25, 50, 100, 250]),
+    ("flow", "ddim", [10, 20, 50, 100]),
+    ("flow", "dpmpp_2m", [5, 10, 20, 50]),
 ]
-QUICK = {"ddpm": [250], "ddim": [20], "dpmpp_2m": [10, 20], "euler": [20], "heun": [20], "euler_maruyama": [100]}
+QUICK = {"ddpm": [250], "ddim": [20], "dpmpp_2m": [10, 20], "euler": [20], "heun": [19, 20], "euler_maruyama": [100]}
 REFERENCE = {  # guided references: the same dynamics, finely solved
     ("ddpm", "ddpm"): ("ddpm", 1000),
     ("ddpm", "ddim"): ("dpmpp_2m", 250),
     ("ddpm", "dpmpp_2m"): ("dpmpp_2m", 250),
+    ("ddpm", "euler"): ("dpmpp_2m", 250),
+    ("ddpm", "heun"): ("dpmpp_2m", 250),
+    ("ddpm", "euler_maruyama"): ("euler_maruyama", 1000),
     ("flow", "euler"): ("heun", 100),
     ("flow", "heun"): ("heun", 100),
     ("flow", "euler_maruyama"): ("euler_maruyama", 1000),
+    ("flow", "ddim"): ("heun", 100),
+    ("flow", "dpmpp_2m"): ("heun", 100),
 }
+
+
+def steps_for(kind: str, sampler: str, nfe: int) -> int:
+    """Solver steps that make ``nfe`` network evaluations."""
+    if sampler != "heun":
+        return nfe
+    return (nfe + 1) // 2 if kind == "ddpm" else nfe // 2
 
 
 def project(ref: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -72,7 +90,7 @@ def sliced_w1(x: torch.Tensor, ref_sorted: torch.Tensor, directions: torch.Tenso
 
 
 def run(process, sampler: str, nfe: int, noise, labels, cfg: float, seed: int) -> torch.Tensor:
-    steps = nfe // 2 if sampler == "heun" else nfe
+    steps = steps_for(process.kind, sampler, nfe)
     model = MIXTURE.ddpm_model(process) if process.kind == "ddpm" else MIXTURE.flow_model()
     torch.manual_seed(seed)  # the stochastic samplers' noise
     kwargs = {}
@@ -88,6 +106,8 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the guided columns")
     parser.add_argument("--quick", action="store_true", help="only the NFE counts the summary needs")
     parser.add_argument("--no-guidance", action="store_true")
+    parser.add_argument("--only", action="append", metavar="PROCESS:SAMPLER",
+                        help="run only these rows, e.g. --only flow:dpmpp_2m (repeatable)")
     parser.add_argument("--summary-n", type=int, default=100_000,
                         help="samples per draw of the unguided DPM-Solver++ 20 vs DDPM 250 check")
     parser.add_argument("--repeats", type=int, default=4, help="independent draws of that check (0: skip it)")
@@ -106,8 +126,10 @@ def main() -> None:
 
     guided_refs = {}
     if not args.no_guidance:
-        for (kind, _sampler), (ref_sampler, ref_nfe) in REFERENCE.items():
+        for (kind, sampler), (ref_sampler, ref_nfe) in REFERENCE.items():
             key = (kind, ref_sampler, ref_nfe)
+            if args.only and f"{kind}:{sampler}" not in args.only and key != ("flow", "heun", 100):
+                continue
             if key not in guided_refs:
                 ref = run(processes[kind], ref_sampler, ref_nfe, ref_noise, labels, args.cfg, seed=99)
                 guided_refs[key] = project(ref, directions)
@@ -120,7 +142,9 @@ def main() -> None:
     header = f"| process | sampler | NFE | SW1 unguided | SW1 guided (cfg {args.cfg:g}) | seconds |"
     print(header + "\n|---|---|---:|---:|---:|---:|")
     for kind, sampler, nfes in PLAN:
-        for nfe in (QUICK[sampler] if args.quick else nfes):
+        if args.only and f"{kind}:{sampler}" not in args.only:
+            continue
+        for nfe in ([n for n in QUICK[sampler] if n in nfes] if args.quick else nfes):
             t0 = time.perf_counter()
             x = run(processes[kind], sampler, nfe, noise, labels, 1.0, seed=1)
             un = sliced_w1(x, exact, directions)
@@ -129,14 +153,15 @@ def main() -> None:
                 ref_sampler, ref_nfe = REFERENCE[(kind, sampler)]
                 xg = run(processes[kind], sampler, nfe, noise, labels, args.cfg, seed=1)
                 gd = sliced_w1(xg, guided_refs[(kind, ref_sampler, ref_nfe)], directions)
-            results[(sampler, nfe)] = (un, gd)
+            if kind == "ddpm":
+                results[(sampler, nfe)] = (un, gd)
             row = f"| {kind} | {sampler} | {nfe} | {un:.4f} | {gd:.4f} | {time.perf_counter() - t0:.1f} |"
             rows.append(row)
             print(row, flush=True)
     print(f"| floor | exact samples | - | {floor:.4f} | "
           f"{guided_floor if not args.no_guidance else float('nan'):.4f} | - |")
-    dpm, ddpm = results[("dpmpp_2m", 20)], results[("ddpm", 250)]
-    if not args.no_guidance:
+    dpm, ddpm = results.get(("dpmpp_2m", 20)), results.get(("ddpm", 250))
+    if not args.no_guidance and dpm and ddpm:
         print(f"guided (n = {args.n}, one draw): DPM-Solver++(2M) 20 NFE SW1 = {dpm[1]:.4f}, "
               f"DDPM 250 NFE SW1 = {ddpm[1]:.4f}, ratio {dpm[1] / ddpm[1]:.2f}")
     if args.repeats:

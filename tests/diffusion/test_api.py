@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditlab.diffusion import PROCESSES, create_process, per_sample_generators, per_sample_noise
+from ditlab.diffusion import PROCESSES, Process, create_process, per_sample_generators, per_sample_noise
 from ditlab.errors import ProcessError
 
 
@@ -37,7 +37,8 @@ def test_round_trip_and_attributes(kind, options):
     assert d["kind"] == kind and p.kind == kind
     q = create_process(**d)
     assert q.to_dict() == d
-    assert p.default_sampler in p.samplers
+    assert p.default_sampler in p.samplers and p.samplers[0] == p.default_sampler
+    assert isinstance(p, Process)  # the protocol's attributes and methods are all there
     assert p.learn_sigma == (kind == "ddpm" and options.get("learn_sigma", True))
     assert set(PROCESSES) == {"ddpm", "flow"}
 
@@ -86,7 +87,7 @@ def test_every_sampler_runs_with_callback_and_original_times(kind):
         model = toy_model(p.learn_sigma)
         calls = []
         x = p.sample(model, torch.randn(2, 3, 4, 4), sampler=sampler, steps=5,
-                     callback=lambda i, n, calls=calls: calls.append((i, n)))
+                     callback=lambda i, n, x, x0_hat, calls=calls: calls.append((i, n)))
         assert x.shape == (2, 3, 4, 4) and torch.isfinite(x).all()
         assert calls == [(i, 5) for i in range(5)]
         ts = torch.cat(model.seen)
@@ -118,8 +119,10 @@ def test_bad_input_raises_process_error():
         create_process("flow", learn_sigma=True)
     p = create_process("ddpm")
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ProcessError, match="ddim"):
-        p.sample(toy_model(True), x, sampler="euler")
+    with pytest.raises(ProcessError, match="ddpm, ddim, dpmpp_2m, euler, heun, euler_maruyama"):
+        p.sample(toy_model(True), x, sampler="lms")
+    with pytest.raises(ProcessError, match="'ddpm' cannot run the flow process; choose one of euler, heun"):
+        create_process("flow").sample(toy_model(False), x, sampler="ddpm")
     for steps in (0, 1001):
         with pytest.raises(ProcessError, match="steps"):
             p.sample(toy_model(True), x, steps=steps)

@@ -8,7 +8,7 @@ import torch
 
 from ditlab.diffusion import create_process, per_sample_generators
 from ditlab.diffusion.analytic import GaussianMixture
-from ditlab.diffusion.gaussian_samplers import ddim_step
+from ditlab.diffusion.samplers import ddim_step
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -36,7 +36,8 @@ def test_one_ddim_step_equals_diffusers(eta):
     want = ref.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
     ab, ab_prev = float(p.alphas_cumprod[t]), float(p.alphas_cumprod[t - 50])
     x0 = (x - (1 - ab) ** 0.5 * eps) / ab**0.5
-    torch.testing.assert_close(ddim_step(x0, eps, ab, ab_prev, eta, z), want, atol=2e-5, rtol=1e-5)
+    levels = (ab**0.5, (1 - ab) ** 0.5, ab_prev**0.5, (1 - ab_prev) ** 0.5)  # alpha, sigma, alpha', sigma'
+    torch.testing.assert_close(ddim_step(x0, eps, *levels, eta, z), want, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

@@ -11,6 +11,11 @@ Time convention (one for the whole package):
 Network contract: ``model_fn(x, t, **model_kwargs) -> out``; with learned sigma (ddpm only) ``out``
 has 2C channels, the prediction first and the variance interpolation values v in [-1, 1] second.
 
+Both processes implement the ``Process`` protocol (``process.py``): noise levels as (alpha, sigma) on a
+``SamplingGrid`` and the conversion of network outputs into x0 / eps / velocity predictions, so the
+samplers (``samplers.py``) are written once: ddpm runs ddpm, ddim, dpmpp_2m, euler, heun,
+euler_maruyama; flow runs euler, heun, euler_maruyama, ddim, dpmpp_2m.
+
 Usage::
 
     p = create_process("ddpm", schedule="linear", num_timesteps=1000, prediction="eps", learn_sigma=True)
@@ -18,7 +23,7 @@ Usage::
     gens = per_sample_generators(seeds)
     x0 = p.sample(model, per_sample_noise((C, H, W), gens), sampler="ddpm", steps=250,
                   model_kwargs={"y": labels}, cfg_scale=4.0, uncond_model_kwargs={"y": null_labels},
-                  generators=gens)
+                  generators=gens, callback=lambda i, n, x, x0_hat: print(f"step {i + 1}/{n}"))
 """
 from __future__ import annotations
 
@@ -29,11 +34,11 @@ from ditlab.diffusion.flow import FlowProcess
 from ditlab.diffusion.gaussian import GaussianProcess
 from ditlab.diffusion.guidance import classifier_free_guidance
 from ditlab.diffusion.noise import per_sample_generators, per_sample_noise
+from ditlab.diffusion.process import Prediction, Process, SamplingGrid
+from ditlab.diffusion.samplers import SAMPLERS
 from ditlab.errors import ProcessError
 
 PROCESSES: dict[str, type] = {"ddpm": GaussianProcess, "flow": FlowProcess}
-
-Process = GaussianProcess | FlowProcess
 
 
 def create_process(kind: str, **options: Any) -> Process:
@@ -54,9 +59,12 @@ def create_process(kind: str, **options: Any) -> Process:
 
 __all__ = [
     "PROCESSES",
+    "SAMPLERS",
     "FlowProcess",
     "GaussianProcess",
+    "Prediction",
     "Process",
+    "SamplingGrid",
     "classifier_free_guidance",
     "create_process",
     "per_sample_generators",

@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ditlab.diffusion.common import check_choice, check_sampler_options, split_output, time_dtype
-from ditlab.diffusion.flow_samplers import FLOW_SAMPLERS
-from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
+from ditlab.diffusion.common import check_choice, split_output, time_dtype
 from ditlab.diffusion.losses import mean_flat
+from ditlab.diffusion.process import Callback, Prediction, SamplingGrid, posterior_coefficients
+from ditlab.diffusion.samplers import run_sampler
 from ditlab.errors import ProcessError
 
 TIME_SAMPLINGS = ("uniform", "logit_normal", "mode")
-_SAMPLER_OPTIONS = {"euler": (), "heun": (), "euler_maruyama": ("noise_scale",)}
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
@@ -38,7 +37,7 @@ class FlowProcess:
     """
 
     kind = "flow"
-    samplers = tuple(FLOW_SAMPLERS)
+    samplers = ("euler", "heun", "euler_maruyama", "ddim", "dpmpp_2m")
     default_sampler = "euler"
     learn_sigma = False
 
@@ -123,6 +122,34 @@ class FlowProcess:
             raise ProcessError(f"steps must be an int >= 1 for flow, got {steps!r}; e.g. steps=50")
         return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), self.shift)
 
+    def normalized_time(self, t: Tensor) -> Tensor:
+        """Flow time is already in [0, 1] (0 = data): the scale of guidance intervals."""
+        return t
+
+    def sampling_grid(self, steps: int, sampler: str | None = None) -> SamplingGrid:
+        """Levels t_0 = 1 > ... > t_n = 0 of ``sampling_times(steps)`` (the same for every sampler):
+        alpha = 1 - t, sigma = t, network time t (also at t = 0), ODE scale s = alpha + sigma = 1 exactly,
+        so the ODE coordinates are (x, t) themselves."""
+        times = self.sampling_times(steps)  # (n + 1,) float64, 1 -> 0
+        alphas, sigmas = 1.0 - times, times
+        c0, c1 = posterior_coefficients(alphas, sigmas)
+        return SamplingGrid(
+            times=times[:-1],
+            alphas=alphas,
+            sigmas=sigmas,
+            scales=torch.ones_like(times),
+            posterior_x0=c0,
+            posterior_x=c1,
+            end_time=float(times[-1]),
+        )
+
+    def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
+        """The network predicts the velocity v = eps - x0 at t = t_i; with x = (1 - t) x0 + t eps,
+        x0_hat = x - t v and eps_hat = x + (1 - t) v. The ODE velocity dx/dt is v itself."""
+        v, _ = split_output(out, x.shape[1], False, self.kind)
+        t = grid.time(i)
+        return Prediction(x0=x - t * v, eps=x + (1.0 - t) * v, log_variance=None, velocity=v)
+
     def sample(
         self,
         model_fn: Callable[..., Tensor],
@@ -136,30 +163,27 @@ class FlowProcess:
         guidance_interval: tuple[float, float] | None = None,
         guidance_channels: int | None = None,
         generators: Sequence[torch.Generator] | None = None,
-        callback: Callable[[int, int], None] | None = None,
+        callback: Callback = None,
         sampler_options: Mapping[str, Any] | None = None,
     ) -> Tensor:
-        """Integrate from noise (t = 1) to data (t = 0). ``steps`` is the number of solver steps
-        (heun uses 2 network evaluations per step). ``sampler_options``: ``{"noise_scale": c}`` for euler_maruyama.
+        """Integrate from noise (t = 1) to data (t = 0) in ``steps`` solver steps (heun: 2 network
+        evaluations per step). ``sampler``: one of ``samplers`` (default ``euler``); ``sampler_options``:
+        ``{"noise_scale": c}`` for euler_maruyama, ``{"eta": float}`` for ddim. ``callback(i, n, x, x0_hat)``
+        runs after every step (i = 0 .. n-1) with the new state and the step's guided data prediction;
+        raise from it to stop. ``generators``: one per sample for the stochastic samplers' noise.
         """
-        sampler = sampler or self.default_sampler
-        check_choice("sampler for flow", sampler, self.samplers)
-        options = check_sampler_options(sampler, sampler_options, _SAMPLER_OPTIONS[sampler])
-        check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
-        times = self.sampling_times(steps)
-        guided = classifier_free_guidance(
+        return run_sampler(
+            self,
             model_fn,
-            model_kwargs,
+            noise,
+            sampler=sampler,
+            steps=steps,
+            model_kwargs=model_kwargs,
             cfg_scale=cfg_scale,
             uncond_model_kwargs=uncond_model_kwargs,
-            guidance_channels=guidance_channels,
             guidance_interval=guidance_interval,
+            guidance_channels=guidance_channels,
+            generators=generators,
+            callback=callback,
+            sampler_options=sampler_options,
         )
-        dtype = time_dtype(noise)
-
-        def velocity(x: Tensor, t: float) -> Tensor:
-            t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
-            v, _ = split_output(guided(x, t_vec), x.shape[1], False, self.kind)
-            return v
-
-        return FLOW_SAMPLERS[sampler](velocity, noise, times, generators=generators, callback=callback, **options)

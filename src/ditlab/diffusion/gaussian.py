@@ -7,16 +7,17 @@ The network always sees the original step index as a float, also when sampling w
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ditlab.diffusion.common import check_choice, check_sampler_options, split_output, time_dtype
-from ditlab.diffusion.gaussian_samplers import GAUSSIAN_SAMPLERS, Prediction
-from ditlab.diffusion.guidance import check_guidance, classifier_free_guidance
+from ditlab.diffusion.common import check_choice, split_output, time_dtype
 from ditlab.diffusion.losses import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from ditlab.diffusion.process import Callback, Prediction, SamplingGrid
+from ditlab.diffusion.samplers import run_sampler
 from ditlab.diffusion.schedules import (
     SCHEDULES,
     SpacedSchedule,
@@ -30,7 +31,6 @@ from ditlab.diffusion.schedules import (
 from ditlab.errors import ProcessError
 
 PREDICTIONS = ("eps", "x0", "v")
-_SAMPLER_OPTIONS = {"ddpm": (), "ddim": ("eta",), "dpmpp_2m": ()}
 
 
 class GaussianProcess:
@@ -45,7 +45,7 @@ class GaussianProcess:
     """
 
     kind = "ddpm"
-    samplers = tuple(GAUSSIAN_SAMPLERS)
+    samplers = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun", "euler_maruyama")
     default_sampler = "ddpm"
 
     def __init__(
@@ -172,9 +172,10 @@ class GaussianProcess:
         ``steps`` is an int or a spacing string: ADM's ``"250"``, ``"10,20"``, ``"ddim50"`` (as DiT/ADM);
         ``"linspace20"`` (diffusers' default: round(linspace(0, T-1, n+1))[1:]); ``"logsnr20"`` (uniform
         in log-SNR); ``"quad20"`` / ``"cubic20"`` (t = (T-1)(i/n)^2 or ^3). An int picks the sampler's
-        default: ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim``, and for ``dpmpp_2m``
-        the spacing that measured best on the analytic benchmark (docs/samplers.md) for the schedule:
-        cubic for linear / scaled_linear, linspace for cosine.
+        default: ADM for ``ddpm`` (so ``250`` reproduces DiT), linspace for ``ddim`` and ``euler`` (so
+        they take the same steps), and where measured best on the analytic data (docs/samplers.md):
+        ``dpmpp_2m`` cubic (linear / scaled_linear) or linspace (cosine), ``heun`` quad or ADM (cosine),
+        ``euler_maruyama`` quad.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, str)):
             raise ProcessError(
@@ -207,15 +208,49 @@ class GaussianProcess:
         return SpacedSchedule.from_alphas_cumprod(self.alphas_cumprod, kept)
 
     def _default_spacing(self, sampler: str) -> str:
-        if sampler == "ddpm":
+        # Measured on Gaussian data and the 2-D mixture (docs/samplers.md).
+        cosine = self.schedule == "cosine"
+        if sampler == "ddpm" or (sampler == "heun" and cosine):
             return ""  # ADM's even spacing: "250"
-        if sampler == "dpmpp_2m" and self.schedule != "cosine":
+        if sampler in ("heun", "euler_maruyama"):
+            return "quad"
+        if sampler == "dpmpp_2m" and not cosine:
             return "cubic"
         return "linspace"
 
     def normalized_time(self, t: Tensor) -> Tensor:
         """Original step index -> [0, 1] (t / (T - 1)), the scale of guidance intervals."""
         return t / max(self.num_timesteps - 1, 1)
+
+    def sampling_grid(self, steps: int | str, sampler: str | None = None) -> SamplingGrid:
+        """The kept steps of ``spaced(steps, sampler)`` from the noisiest down, then clean data.
+
+        Level i < n is kept step k = n-1-i: network time = its original index, alpha = sqrt(alpha_bar_k),
+        sigma = sqrt(1 - alpha_bar_k); level n is clean data (alpha 1, sigma 0), where the network is not
+        evaluated. ODE scale s = alpha + sigma. The posterior coefficients and the chain (for the reverse
+        variances) are the respaced chain's own tables.
+        """
+        chain = self.spaced(steps, sampler or self.default_sampler)
+        acp = chain.alphas_cumprod.flip(0).tolist()  # (n,) noisiest first
+        # math.sqrt is correctly rounded; torch's float64 sqrt can differ in the last bit.
+        alphas = torch.tensor([math.sqrt(ab) for ab in acp] + [1.0], dtype=torch.float64)  # (n + 1,)
+        sigmas = torch.tensor([math.sqrt(1.0 - ab) for ab in acp] + [0.0], dtype=torch.float64)
+        return SamplingGrid(
+            times=chain.timesteps.flip(0).to(torch.float64),
+            alphas=alphas,
+            sigmas=sigmas,
+            scales=alphas + sigmas,
+            posterior_x0=chain.posterior_mean_coef1.flip(0),
+            posterior_x=chain.posterior_mean_coef2.flip(0),
+            end_time=None,
+            chain=chain,
+        )
+
+    def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
+        """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain); the ODE
+        velocity is left to ``Prediction.ode_velocity`` (eps_hat - x0_hat), computed only where used."""
+        k = torch.full((x.shape[0],), grid.num_steps - 1 - i, dtype=torch.long)
+        return self.predict(out, x, k, grid.chain)
 
     def sample(
         self,
@@ -230,32 +265,29 @@ class GaussianProcess:
         guidance_interval: tuple[float, float] | None = None,
         guidance_channels: int | None = None,
         generators: Sequence[torch.Generator] | None = None,
-        callback: Callable[[int, int], None] | None = None,
+        callback: Callback = None,
         sampler_options: Mapping[str, Any] | None = None,
     ) -> Tensor:
-        """Generate x0 from ``noise`` (N, C, ...) with ``steps`` network evaluations (see module doc).
+        """Generate x0 from ``noise`` (N, C, ...) in ``steps`` solver steps (an int or a spacing string, see
+        ``spaced``); one network evaluation per step (heun: two, one on the last step).
 
-        ``sampler_options``: ``{"eta": float}`` for ddim.
+        ``sampler``: one of ``samplers`` (default ``ddpm``); ``sampler_options``: ``{"eta": float}`` for
+        ddim, ``{"noise_scale": float}`` for euler_maruyama. ``callback(i, n, x, x0_hat)`` runs after every
+        step (i = 0 .. n-1) with the new state and the step's guided data prediction; raise from it to stop.
+        ``generators``: one per sample for the stochastic samplers' noise (None: torch's global RNG).
         """
-        sampler = sampler or self.default_sampler
-        check_choice("sampler for ddpm", sampler, self.samplers)
-        options = check_sampler_options(sampler, sampler_options, _SAMPLER_OPTIONS[sampler])
-        check_guidance(cfg_scale, uncond_model_kwargs, guidance_interval, guidance_channels, noise.shape[1])
-        schedule = self.spaced(steps, sampler)
-        guided = classifier_free_guidance(
+        return run_sampler(
+            self,
             model_fn,
-            model_kwargs,
+            noise,
+            sampler=sampler,
+            steps=steps,
+            model_kwargs=model_kwargs,
             cfg_scale=cfg_scale,
             uncond_model_kwargs=uncond_model_kwargs,
-            guidance_channels=guidance_channels,
             guidance_interval=guidance_interval,
-            normalized_time=self.normalized_time,
+            guidance_channels=guidance_channels,
+            generators=generators,
+            callback=callback,
+            sampler_options=sampler_options,
         )
-        dtype = time_dtype(noise)
-
-        def denoise(x: Tensor, k: int) -> Prediction:
-            k_idx = torch.full((x.shape[0],), k, dtype=torch.long)
-            t = torch.full((x.shape[0],), float(schedule.timesteps[k]), device=x.device, dtype=dtype)
-            return self.predict(guided(x, t), x, k_idx, schedule)
-
-        return GAUSSIAN_SAMPLERS[sampler](denoise, noise, schedule, generators=generators, callback=callback, **options)
