@@ -88,10 +88,7 @@ def check_sampling(process, sampler: str | None, steps: int) -> str:
     if sampler not in process.samplers:
         raise ProcessError(f"sampler {sampler!r} does not run the {process.kind} process: pass --sampler with one of "
                            f"{', '.join(process.samplers)}")
-    if process.kind == "flow":
-        process.sampling_times(steps)
-    else:
-        process.spaced(steps, sampler)
+    process.sampling_grid(steps, sampler)  # a step count the process cannot run: a ProcessError
     return sampler
 
 
