@@ -18,6 +18,7 @@ import torch
 
 from ditlab.config import TrainConfig, load_config, save_config
 from ditlab.errors import CheckpointError, ConfigError, UserError
+from ditlab.runlock import lock_folder_on_rank0
 from ditlab.training import checkpoint as ckpt
 from ditlab.training.data_source import BatchOrder, CacheSource, FolderSource, InMemorySource
 from ditlab.training.distributed import (
@@ -162,7 +163,8 @@ def train(config: TrainConfig) -> TrainResult:
     info = init_distributed(device, need_group=config.fsdp)
     device = info.device
     try:
-        return _train(config, device, info)
+        with lock_folder_on_rank0(config.run_dir, flag="--run_dir", what="run directory"):  # one writer per run
+            return _train(config, device, info)
     except UserError:
         raise
     except Exception as err:  # disk full or unwritable while writing logs, latents or samples
