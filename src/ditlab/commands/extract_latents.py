@@ -22,6 +22,7 @@ import torch
 
 from ditlab.data import latent_cache as lc
 from ditlab.errors import ConfigError, DataError
+from ditlab.runlock import LOCK_NAME, lock_folder_on_rank0
 
 NAME = "extract-latents"
 HELP = "Encode a dataset (each image and its horizontal flip) once into a resumable latent cache."
@@ -75,13 +76,14 @@ def run(args: argparse.Namespace) -> int:
         )
         autoencoder = load_autoencoder(args.autoencoder)
         dataset = build_dataset(args.data, args.image_size, flip=False, channels=autoencoder.image_channels)
-        extract_latents(
-            dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,
-            shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
-            num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
-            progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
-            autoencoder_spec=_absolute(args.autoencoder),
-        )
+        with lock_folder_on_rank0(args.out, flag="--out", what="latent cache"):  # one job per cache
+            extract_latents(
+                dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,
+                shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
+                num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
+                progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
+                autoencoder_spec=_absolute(args.autoencoder),
+            )
     finally:
         if created:
             torch.distributed.destroy_process_group()
@@ -167,7 +169,7 @@ def _prepare(root: Path, plan: dict, overwrite: bool, rank: int, barrier) -> Non
                 f"latent cache {root} was started with other settings ({why}); rerun with the original "
                 "settings, choose another --out, or pass --overwrite to discard it"
             )
-    elif root.is_dir() and any(root.iterdir()):
+    elif root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir()):
         raise DataError(f"--out {root} exists and is not a latent cache; pass a new or empty folder")
     barrier()  # every rank has read the old plan before rank 0 changes anything
     if rank == 0:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ditlab.runlock import FolderLock
+
 NAME = "sample-many"
 HELP = "N samples with random class labels for FID: PNGs + one ADM .npz, split over torchrun ranks, resumable"
 MANIFEST = "sample_many.json"
@@ -124,7 +126,9 @@ def sample_many(
     out = Path(out)
     check_writable(out / MANIFEST)
     rank, world, joined = _join_group()
+    lock = FolderLock(out, flag="--out", what="output folder")
     try:
+        lock.acquire_on_rank0()  # one job per folder (each rank writes its own samples; rank 0 holds the lock)
         dev = pick_device(device)
         if dev.type == "cuda" and world > 1:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -176,6 +180,7 @@ def sample_many(
                 stale.unlink(missing_ok=True)
         return SampleManyResult(mine, npz)
     finally:
+        lock.release()
         if joined:
             import torch.distributed as dist
 
