@@ -20,11 +20,12 @@ so a DataLoader worker would keep the lock of a parent killed by ``SIGKILL`` unt
 (seconds later). The descriptor is therefore closed in every forked child (``os.register_at_fork``; closing
 a copy does not release the parent's lock) and opened ``O_CLOEXEC`` (never passed across ``exec``).
 
-Where locks do not work: a file system that refuses ``flock`` (``ENOLCK``: NFSv3 without lockd;
+Where locks do not work: a file system that refuses ``flock`` (``ENOLCK``: NFSv3 without lockd/statd;
 ``ENOSYS``: Lustre mounted ``noflock``; ``EOPNOTSUPP``: some FUSE file systems) gets one warning and the
 command goes on unlocked; so does a platform without ``fcntl`` (Windows). File systems that accept the call
-but lock only within one machine (NFS ``local_lock=flock|all``, Lustre ``localflock``) cannot be detected:
-there only writers on the same machine exclude each other. See README, "Resuming and failures".
+but lock only within one machine (NFS ``nolock`` or ``local_lock=flock|all``, Lustre ``localflock``) cannot
+be detected: there only writers on the same machine exclude each other. See README, "Resuming and failures"
+and docs/reliability.md.
 """
 from __future__ import annotations
 
