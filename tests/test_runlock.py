@@ -165,6 +165,52 @@ def test_no_group_means_a_plain_lock(tmp_path):
         assert lock.held
 
 
+class _Group:
+    """A stand-in for ``torch.distributed`` seen from one rank; ``verdict`` is what rank 0 broadcasts."""
+
+    def __init__(self, rank: int, verdict=None):
+        self.rank, self.verdict, self.sent = rank, verdict, []
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return True
+
+    def get_world_size(self):
+        return 2
+
+    def get_rank(self):
+        return self.rank
+
+    def broadcast_object_list(self, objects, src):
+        assert src == 0
+        if self.rank == 0:
+            self.sent.append(list(objects))
+        else:
+            objects[0] = self.verdict
+
+
+def test_rank0_takes_the_lock_and_tells_the_others(tmp_path, monkeypatch):
+    group = _Group(rank=0)
+    monkeypatch.setitem(sys.modules, "torch.distributed", group)
+    with runlock.lock_folder_on_rank0(tmp_path) as lock:  # ``with`` does not lock a second time
+        assert lock.held and group.sent == [[None]]
+        with pytest.raises(FolderInUseError) as refused:
+            runlock.lock_folder_on_rank0(tmp_path)
+        assert group.sent[1] == [(FolderInUseError, str(refused.value))]
+
+
+def test_other_ranks_follow_rank0s_verdict_without_touching_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.distributed", _Group(rank=1, verdict=None))
+    with runlock.lock_folder_on_rank0(tmp_path / "run") as lock:  # rank 0 holds it
+        assert not lock.held and not (tmp_path / "run").exists()
+    message = "run directory 'r' is in use by PID 7 on node-b since 2025-06-01 12:00:03+02:00: stop that process"
+    monkeypatch.setitem(sys.modules, "torch.distributed", _Group(rank=1, verdict=(FolderInUseError, message)))
+    with pytest.raises(FolderInUseError, match=f"^{re.escape(message)}$"):
+        runlock.lock_folder_on_rank0(tmp_path / "run")
+
+
 _FORK_AND_WAIT = """
 import fcntl, multiprocessing, os, sys, time
 from ditlab.runlock import LOCK_NAME, lock_folder

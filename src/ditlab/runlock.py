@@ -76,6 +76,7 @@ class FolderLock:
         self.flag, self.what = flag, what
         self.created = False  # True when acquiring created the folder
         self._fd: int | None = None
+        self._taken = False  # acquired (held, or by rank 0 of a job, or unlocked where locks do not work)
 
     @property
     def held(self) -> bool:
@@ -84,15 +85,33 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         """Take the lock now or raise :class:`FolderInUseError` naming the holder (never waits for it)."""
-        if self._fd is not None:
+        if self._taken:
             return self
         self._make_folder()
+        fd = self._lock_file()
+        self._taken = True
+        if fd is None:  # no locks here: warned, go on
+            return self
+        self._fd = fd
+        _HELD.add(self)
+        started = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "argv": sys.argv}
+        try:  # only now: a refused process may be reading the previous holder's details until here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as err:
+            self.release()
+            raise self._unwritable(err) from None
+        return self
+
+    def _lock_file(self) -> int | None:
+        """The open, flock-ed lock file; None (with a warning) where locks are not supported."""
         if fcntl is None:
             _warn_once(f"no file locks on this platform: nothing stops a second process from writing "
                        f"{self.what} '{self.folder}' at the same time; run one writer at a time")
-            return self
+            return None
         while True:
-            try:
+            try:  # never truncated here: that would wipe the holder's details
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             except OSError as err:
                 raise self._unwritable(err) from None
@@ -111,21 +130,10 @@ class FolderLock:
                 _warn_once(f"the file system of {self.what} '{self.folder}' does not support locks "
                            f"(flock: {err.strerror}): nothing stops a second process from writing it at the "
                            f"same time; run one writer at a time")
-                return self
+                return None
             if _same_file(fd, self.path):
-                break
+                return fd
             os.close(fd)  # locked a file that its holder deleted on release in the meantime: again
-        self._fd = fd
-        _HELD.add(self)
-        started = datetime.datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "argv": sys.argv}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        except OSError as err:
-            self.release()
-            raise self._unwritable(err) from None
-        return self
 
     def acquire_on_rank0(self) -> FolderLock:
         """The lock of a job of several ranks: every rank calls this; rank 0 takes the lock and the others
@@ -150,11 +158,12 @@ class FolderLock:
         if verdict[0] is not None:
             cls, message = verdict[0]
             raise cls(message)
+        self._taken = True  # rank 0 holds it for this rank too: ``with`` must not lock again
         return self
 
     def release(self) -> None:
         """Delete the lock file (while still holding it) and release the lock; a no-op when not held."""
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._taken = self._fd, None, False
         if fd is None:
             return
         _HELD.discard(self)
@@ -166,7 +175,7 @@ class FolderLock:
         os.close(fd)  # the kernel releases the lock
 
     def __enter__(self) -> FolderLock:
-        return self.acquire()
+        return self.acquire()  # a no-op when already taken (``with lock_folder(...)``)
 
     def __exit__(self, *exc) -> None:
         self.release()
