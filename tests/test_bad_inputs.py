@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +22,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ditlab.cli import main
+from ditlab.runlock import lock_folder
 from ditlab.training import checkpoint as ckpt
 
 TINY = ["--preset", "digits-tiny", "--global_batch_size", "16", "--steps", "2"]
 T = ["train", *TINY]
 UNWRITABLE = "/sys/ditlab-bad-input"  # refused even to root (sysfs), unlike a chmod-ed folder
+IN_USE = f"is in use by PID {os.getpid()} on {socket.gethostname()} since "  # {w}/busy: locked by this process
 
 # (id, argv with {w} = the world folder, a fragment the one-line message must contain)
 CASES = [
@@ -61,12 +66,13 @@ CASES = [
     ("train-missing-latent-cache", [*T, "--latents", "{w}/no-cache", "--run_dir", "{w}/new11"], "no latent cache"),
     ("train-unknown-device", [*T, "--device", "tpu", "--run_dir", "{w}/new12"], "unknown device 'tpu'"),
     # --- train: run directories and checkpoints
-    ("train-run-dir-is-a-file", [*T, "--run_dir", "{w}/notes.txt"], "cannot write run directory"),
+    ("train-run-dir-is-a-file", [*T, "--run_dir", "{w}/notes.txt"], "notes.txt is a file: pass a folder"),
     ("train-unwritable-run-dir", [*T, "--run_dir", UNWRITABLE], "cannot write run directory"),
     ("train-checkpoint-of-another-model", [*T, "--run_dir", "{w}/run", "--depth", "3"], "holds a run with depth=2"),
     ("train-truncated-checkpoint", [*T, "--steps", "4", "--run_dir", "{w}/run-truncated"], "is damaged"),
     ("train-damaged-meta", [*T, "--steps", "4", "--run_dir", "{w}/run-meta"], "damaged meta.json"),
     ("train-damaged-run-config", [*T, "--run_dir", "{w}/run-config"], "is not valid JSON"),
+    ("train-run-dir-in-use", [*T, "--run_dir", "{w}/busy"], "run directory '{w}/busy' " + IN_USE),
     # --- sample
     ("sample-missing-run", ["sample", "{w}/nope"], "does not exist"),
     ("sample-not-a-run", ["sample", "{w}/images"], "neither a run directory nor a model folder"),
@@ -105,6 +111,8 @@ CASES = [
                                 "--out", "{w}/c3", "--no-progress", "--workers", "0"], "3 of 3 images are unreadable"),
     ("extract-zero-batch", ["extract-latents", "digits", "--autoencoder", "pixel", "--out", "{w}/c4",
                             "--batch-size", "0"], "--batch-size must be a positive integer"),
+    ("extract-cache-in-use", ["extract-latents", "digits", "--autoencoder", "pixel", "--image-size", "8", "--out",
+                              "{w}/busy", "--no-progress", "--workers", "0"], "latent cache '{w}/busy' " + IN_USE),
     # --- train-vae
     ("train-vae-missing-data", ["train-vae", "{w}/nope", "--out", "{w}/vae1"], "does not exist"),
     ("train-vae-zero-steps", ["train-vae", "digits", "--out", "{w}/vae2", "--steps", "0"], "--steps must be"),
@@ -113,7 +121,9 @@ CASES = [
     ("train-vae-empty-data", ["train-vae", "{w}/empty", "--out", "{w}/vae4"], "no images found"),
     ("train-vae-out-is-a-file", ["train-vae", "digits", "--out", "{w}/notes.txt", "--steps", "1"], "is a file"),
     ("train-vae-unwritable-out", ["train-vae", "digits", "--out", UNWRITABLE, "--steps", "1", "--no-progress"],
-     "cannot write to --out"),
+     "(Operation not permitted): choose a writable --out"),
+    ("train-vae-out-in-use", ["train-vae", "digits", "--out", "{w}/busy", "--steps", "1", "--no-progress"],
+     "autoencoder folder '{w}/busy' " + IN_USE),
     # --- sample-many
     ("sample-many-missing-run", ["sample-many", "{w}/nope", "--out", "{w}/many1"], "does not exist"),
     ("sample-many-zero-num", ["sample-many", "{w}/run", "--out", "{w}/many2", "--num", "0"], "--num must be >= 1"),
@@ -121,11 +131,15 @@ CASES = [
      "cannot create output folder"),
     ("sample-many-unknown-sampler", ["sample-many", "{w}/run", "--out", "{w}/many3", "--num", "2", "--sampler", "nope"],
      "does not run the"),
+    ("sample-many-out-in-use", ["sample-many", "{w}/run", "--out", "{w}/busy", "--num", "2", "--steps", "2"],
+     "output folder '{w}/busy' " + IN_USE),
     # --- scale
     ("scale-unknown-model", ["scale", "digits", "--models", "DiT-Q/2", "--budget", "10", "--out", "{w}/scale1"],
      "unknown model(s)"),
     ("scale-zero-budget", ["scale", "digits", "--models", "DiT-S/2", "--budget", "0", "--out", "{w}/scale2"],
      "--budget must be >= 1"),
+    ("scale-out-in-use", ["scale", "digits", "--models", "DiT-S/2", "--budget", "2", "--out", "{w}/busy",
+                          "--image_size", "8", "--autoencoder", "pixel"], "study folder '{w}/busy' " + IN_USE),
     # --- convert
     ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
     ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),
@@ -148,7 +162,7 @@ def _damaged_copy(run: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def world(tmp_path_factory) -> Iterator[Path]:
     w = tmp_path_factory.mktemp("world")
     run = w / "run"
     assert main(["train", *TINY, "--ckpt_every", "2", "--run_dir", str(run)]) == 0
@@ -184,7 +198,8 @@ def world(tmp_path_factory) -> Path:
     np.savez(w / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
     (w / "garbage.pt").write_bytes(b"this is not a checkpoint")
     (w / "truncated.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:100])
-    return w
+    with lock_folder(w / "busy", flag="--out", what="folder"):  # a writer at work there (this process)
+        yield w
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -203,6 +218,7 @@ def test_the_table_is_broad():
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(world, argv, fragment, capsys):
     argv = [a.replace("{w}", str(world)) for a in argv]
+    fragment = fragment.replace("{w}", str(world))
     before = _snapshot(world)
     capsys.readouterr()
     try:

@@ -122,7 +122,7 @@ def test_train_vae_bad_data_and_output(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["train-vae", "digits", "--out", str(blocker / "sub"), "--image-size", "8"]) == 2
-    assert "cannot write to --out" in capsys.readouterr().err
+    assert "(Not a directory): choose a writable --out" in capsys.readouterr().err
     assert main(["train-vae", "digits", "--out", str(blocker), "--image-size", "8"]) == 2
     assert "is a file" in capsys.readouterr().err
     busy = tmp_path / "busy"

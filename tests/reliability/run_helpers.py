@@ -28,15 +28,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 class Training:
     """One ``ditlab train`` subprocess; stdout and stderr go to files beside the run directory."""
 
-    def __init__(self, run_dir: Path, tag: str, extra: tuple[str, ...] = ()):
+    def __init__(self, run_dir: Path, tag: str, extra: tuple[str, ...] = (), cli: Path = EXACT_CLI,
+                 env: dict[str, str] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.out_path = self.run_dir.parent / f"{self.run_dir.name}.{tag}.out"
         self.err_path = self.run_dir.parent / f"{self.run_dir.name}.{tag}.err"
         # The files must outlive __init__ (the child writes to them until it exits); finish() closes them.
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")  # noqa: SIM115
-        argv = [sys.executable, str(EXACT_CLI), *TRAIN, "--run_dir", str(self.run_dir), *extra]
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, env=ENV)
+        argv = [sys.executable, str(cli), *TRAIN, "--run_dir", str(self.run_dir), *extra]
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, env={**ENV, **(env or {})})
         self.started, self.started_wall = time.monotonic(), time.time()
 
     def stdout(self) -> str:

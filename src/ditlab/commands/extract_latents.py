@@ -15,6 +15,7 @@ import torch
 
 from ditlab.data import latent_cache as lc
 from ditlab.errors import ConfigError
+from ditlab.runlock import lock_folder_on_rank0
 
 NAME = "extract-latents"
 HELP = "Encode a dataset (each image and its horizontal flip) once into a resumable latent cache."
@@ -69,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
         )
         autoencoder = load_autoencoder(args.autoencoder)
         dataset = build_dataset(args.data, args.image_size, flip=False, channels=autoencoder.image_channels)
-        extract_latents(
-            dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,
-            shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
-            num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
-            progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
-            autoencoder_spec=_absolute(args.autoencoder),
-        )
+        with lock_folder_on_rank0(args.out, flag="--out", what="latent cache"):  # one job per cache
+            extract_latents(
+                dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,
+                shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
+                num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
+                progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
+                autoencoder_spec=_absolute(args.autoencoder),
+            )
     finally:
         if created:
             torch.distributed.destroy_process_group()

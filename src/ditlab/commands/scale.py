@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.errors import UserError
     from ditlab.evaluation.scaling import shrink_config, write_study
     from ditlab.models.config import REGISTRY
+    from ditlab.runlock import lock_folder
 
     if args.budget < 1:
         raise UserError(f"--budget must be >= 1, got {args.budget}")
@@ -96,33 +97,34 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(base.device)
     dataset = build_dataset(base.data, base.image_size, flip=False)
-    if base.autoencoder == "auto":  # one autoencoder for every model, so they differ only in the DiT
-        from ditlab.training.setup import AUTOENCODER_DIR, build_or_load_autoencoder
+    # One study per folder; each model's run takes its own lock (OUT/runs/<model>) inside train().
+    with lock_folder(out, flag="--out", what="study folder"):
+        if base.autoencoder == "auto":  # one autoencoder for every model, so they differ only in the DiT
+            from ditlab.training.setup import AUTOENCODER_DIR, build_or_load_autoencoder
 
-        out.mkdir(parents=True, exist_ok=True)
-        build_or_load_autoencoder(base, dataset, out, device)
-        fixed["autoencoder"] = str(out / AUTOENCODER_DIR)
+            build_or_load_autoencoder(base, dataset, out, device)
+            fixed["autoencoder"] = str(out / AUTOENCODER_DIR)
 
-    settings = {"data": args.data, "metric": "mnist_fd" if metric == "mnist" else "fid", "eval_num": args.eval_num,
-                "budget": args.budget, "shrink": args.shrink, "preset": args.preset,
-                "overrides": {k: str(v) for k, v in sorted(fixed.items())}}
-    study = _load_study(out / "scaling.json", settings)
-    scorer = _make_scorer(metric, base, dataset, device)
-    for name in names:
-        entry = _model_entry(study, name, sizes[name])
-        for step in eval_steps:
-            if any(e["step"] == step for e in entry["evals"]):
-                continue
-            config = resolve_config(args.preset, args.config, {
-                **fixed, "model": name, **sizes[name], "steps": step, "run_dir": str(out / "runs" / _slug(name))})
-            entry["evals"].append(_train_and_score(config, step, scorer, args.eval_num, device, entry))
-            entry["evals"].sort(key=lambda e: e["step"])
-            if "mnist_fd_floor" in entry["evals"][-1]:  # real digits at this size: the best a sample can do
-                study["floor"] = entry["evals"][-1]["mnist_fd_floor"]
-            _save_study(out / "scaling.json", study)
-    study["models"].sort(key=lambda e: names.index(e["name"]) if e["name"] in names else len(names))
-    paths = write_study(study, out)
-    print(f"table: {paths['markdown']}; plots: {paths['steps_plot']}, {paths['gflops_plot']}")
+        settings = {"data": args.data, "metric": "mnist_fd" if metric == "mnist" else "fid", "eval_num": args.eval_num,
+                    "budget": args.budget, "shrink": args.shrink, "preset": args.preset,
+                    "overrides": {k: str(v) for k, v in sorted(fixed.items())}}
+        study = _load_study(out / "scaling.json", settings)
+        scorer = _make_scorer(metric, base, dataset, device)
+        for name in names:
+            entry = _model_entry(study, name, sizes[name])
+            for step in eval_steps:
+                if any(e["step"] == step for e in entry["evals"]):
+                    continue
+                config = resolve_config(args.preset, args.config, {
+                    **fixed, "model": name, **sizes[name], "steps": step, "run_dir": str(out / "runs" / _slug(name))})
+                entry["evals"].append(_train_and_score(config, step, scorer, args.eval_num, device, entry))
+                entry["evals"].sort(key=lambda e: e["step"])
+                if "mnist_fd_floor" in entry["evals"][-1]:  # real digits at this size: the best a sample can do
+                    study["floor"] = entry["evals"][-1]["mnist_fd_floor"]
+                _save_study(out / "scaling.json", study)
+        study["models"].sort(key=lambda e: names.index(e["name"]) if e["name"] in names else len(names))
+        paths = write_study(study, out)
+        print(f"table: {paths['markdown']}; plots: {paths['steps_plot']}, {paths['gflops_plot']}")
     return 0
 
 

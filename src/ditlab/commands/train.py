@@ -51,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped_early:
         return 0
     if config.eval_num > 0 and _is_main():
+        from ditlab.runlock import lock_folder
         from ditlab.training.final_eval import evaluate_run, format_metrics
 
         print(f"evaluating: {config.eval_num} samples from the EMA model "
               f"({config.sampler or 'default'} sampler, {config.sample_steps} steps, cfg {config.cfg_scale}) ...",
               flush=True)
-        metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size)
+        with lock_folder(config.run_dir, flag="--run_dir", what="run directory"):  # it writes the run again
+            metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size)
         print(format_metrics(metrics))
         print(f"metrics: {config.run_dir}/metrics.json", file=sys.stdout)
     return 0

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ditlab.errors import ConfigError
+from ditlab.runlock import LOCK_NAME, lock_folder
 
 NAME = "train-vae"
 HELP = "Train a small KL-autoencoder (the latent space for DiT) on a dataset and save it."
@@ -62,7 +63,7 @@ def _prepare_out(out: Path, overwrite: bool) -> bool:
     """Check that ``out`` can take an autoencoder; returns True when this call created it."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: pass a folder for the autoencoder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not (out / "config.json").exists() and not (out / "model.safetensors").exists():
             raise ConfigError(f"--out {out} exists and holds other files: pass a new or empty folder")
         if not overwrite:
@@ -84,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     import torch
 
-    from ditlab.autoencoders import train_autoencoder
-    from ditlab.autoencoders.train import reconstruction_error
-    from ditlab.data import BUILTIN_DATASETS, build_dataset
+    from ditlab.data import build_dataset
 
     dataset = build_dataset(args.data, args.image_size, channels=args.channels)
     device = args.device
@@ -100,7 +99,16 @@ def run(args: argparse.Namespace) -> int:
                 "use cpu or an available GPU"
             ) from None
     out = Path(args.out).expanduser()
-    created = _prepare_out(out, args.overwrite)
+    with lock_folder(out, flag="--out", what="autoencoder folder") as lock:  # one writer per folder
+        created = _prepare_out(out, args.overwrite) or lock.created
+        return _train_and_report(args, dataset, device, out, created)
+
+
+def _train_and_report(args: argparse.Namespace, dataset, device, out: Path, created: bool) -> int:
+    from ditlab.autoencoders import train_autoencoder
+    from ditlab.autoencoders.train import reconstruction_error
+    from ditlab.data import BUILTIN_DATASETS, build_dataset
+
     print(f"train-vae: {dataset!r} -> {out} (downsample {args.downsample}, {args.latent_channels} latent channels)")
     start = time.time()
     try:

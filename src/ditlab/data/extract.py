@@ -21,6 +21,7 @@ import torch
 
 from ditlab.data import latent_cache as lc
 from ditlab.errors import ConfigError, DataError
+from ditlab.runlock import LOCK_NAME
 
 
 def _dataset_fingerprint(dataset) -> str:
@@ -97,7 +98,7 @@ def _prepare(root: Path, plan: dict, overwrite: bool, rank: int, barrier) -> Non
                 f"latent cache {root} was started with other settings ({why}); rerun with the original "
                 "settings, choose another --out, or pass --overwrite to discard it"
             )
-    elif root.is_dir() and any(root.iterdir()):
+    elif root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir()):
         raise DataError(f"--out {root} exists and is not a latent cache; pass a new or empty folder")
     barrier()  # every rank has read the old plan before rank 0 changes anything
     if rank == 0:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ditlab.files import atomic_write, atomic_write_json
+from ditlab.runlock import FolderLock
 from ditlab.seeding import counter_uint64
 
 MANIFEST = "sample_many.json"
@@ -120,7 +121,9 @@ def sample_many(
     out = Path(out)
     check_writable(out / MANIFEST)
     rank, world, joined = _join_group()
+    lock = FolderLock(out, flag="--out", what="output folder")
     try:
+        lock.acquire_on_rank0()  # one job per folder (each rank writes its own samples; rank 0 holds the lock)
         dev = pick_device(device)
         if dev.type == "cuda" and world > 1:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -174,6 +177,7 @@ def sample_many(
                 stale.unlink(missing_ok=True)
         return SampleManyResult(mine, npz)
     finally:
+        lock.release()
         if joined:
             import torch.distributed as dist
 

@@ -19,6 +19,7 @@ import torch
 
 from ditlab.config import TrainConfig
 from ditlab.errors import UserError
+from ditlab.runlock import lock_folder_on_rank0
 from ditlab.training import checkpoint as ckpt
 from ditlab.training.distributed import (
     all_reduce_mean,
@@ -99,8 +100,9 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         local_batch = check_batch_split(config.global_batch_size, info.world_size)
         log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
-        run = build_run(config, info, local_batch, log)
-        return _loop(run, log)
+        with lock_folder_on_rank0(config.run_dir, flag="--run_dir", what="run directory"):  # one writer per run
+            run = build_run(config, info, local_batch, log)
+            return _loop(run, log)
     except UserError:
         raise
     except Exception as err:  # disk full or unwritable while writing logs, latents or samples
