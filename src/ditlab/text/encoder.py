@@ -76,8 +76,14 @@ class TextEncoder:
 
         Prompts longer than ``max_length`` tokens are truncated, with one warning per call.
         """
+        # Encode in order of length so each batch pads to a similar length (about a third less work
+        # on mixed captions), then put the rows back in the caller's order.
+        if isinstance(prompts, str):
+            raise TypeError("encode takes a list of prompts, not one string")
+        prompts = [str(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         parts, cut = [], 0
-        for out, n_cut in self.encode_batches(prompts, batch_size):
+        for out, n_cut in self.encode_batches([prompts[i] for i in order], batch_size):
             parts.append(out)
             cut += n_cut
         if cut:
@@ -89,7 +95,10 @@ class TextEncoder:
                 "context_mask": torch.zeros(0, self.max_length, dtype=torch.bool, device=dev),
                 "pooled": torch.zeros(0, self.pooled_dim, device=dev),
             }
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        inverse = inverse.to(self.device)
+        return {k: torch.cat([p[k] for p in parts])[inverse] for k in parts[0]}
 
     def encode_batches(self, prompts: list[str], batch_size: int = 256
                        ) -> Iterator[tuple[dict[str, torch.Tensor], int]]:

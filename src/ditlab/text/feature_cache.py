@@ -182,7 +182,8 @@ def caption_features(root: str | os.PathLike, captions: Iterable[str], encoder: 
             old = None  # damaged or an old version: rebuilt below, replaced atomically
     known = old.index if old is not None else {}
     wanted = _distinct(["", *captions])
-    new = [c for c in wanted if c not in known]
+    # New rows are appended shortest first: batches of similar length waste little on padding.
+    new = sorted((c for c in wanted if c not in known), key=len)
     if old is not None and not new:
         return old
     # Each batch is trimmed to the columns its captions reach, so the table is built in about the
