@@ -59,6 +59,13 @@ def test_distinct_captions_encoded_once_and_looked_up(tmp_path, counted):
     with pytest.raises(KeyError, match="not in the feature table"):
         table.ids(["never seen"])
     assert table.lookup([])["context"].shape == (0, 8, 32)
+    # Pickled (DataLoader workers under spawn): the file is mapped again, not copied.
+    import pickle
+
+    blob = pickle.dumps(table)
+    assert len(blob) < 1000
+    again = pickle.loads(blob)
+    torch.testing.assert_close(again.lookup(ids), got, atol=0, rtol=0)
 
 
 def test_reopen_extend_and_other_identity(tmp_path, counted):

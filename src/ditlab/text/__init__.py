@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from ditlab.text.encoder import (
+    BUILTIN_TEXT_ENCODERS,
     DEFAULT_MAX_LENGTH,
     HFTextEncoder,
     TextEncoder,
@@ -12,9 +13,16 @@ from ditlab.text.encoder import (
     load_text_encoder,
     minilm_folder,
 )
-from ditlab.text.feature_cache import CaptionFeatures, FeatureCacheError, caption_features, open_caption_features
+from ditlab.text.feature_cache import (
+    CaptionFeatures,
+    FeatureCacheError,
+    caption_features,
+    open_caption_features,
+    table_path,
+)
 
 __all__ = [
+    "BUILTIN_TEXT_ENCODERS",
     "DEFAULT_MAX_LENGTH",
     "CaptionFeatures",
     "FeatureCacheError",
@@ -25,4 +33,5 @@ __all__ = [
     "load_text_encoder",
     "minilm_folder",
     "open_caption_features",
+    "table_path",
 ]

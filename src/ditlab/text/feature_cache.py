@@ -106,6 +106,14 @@ class CaptionFeatures:
         """``lookup(ids(captions))``."""
         return self.lookup(self.ids(captions), device)
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn get the path and map the file themselves, instead of
+        # a pickled copy of every row.
+        return {"path": str(self.path), "identity": self.identity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(open_caption_features(state["path"], state["identity"]).__dict__)
+
     def __repr__(self) -> str:
         return f"CaptionFeatures({self.path}, {len(self)} captions, max_length={self.max_length}, dim={self.dim})"
 
