@@ -110,6 +110,15 @@ def test_held_out_combinations(train):
         assert ((d == combo[0]) & (t == combo[1]) & (s == combo[2])).sum() >= 250
 
 
+def test_captioned_mnist_keeps_captions_of_the_full_set(train):
+    full = mc.training_captions(train["labels"][:50], train["thickness_level"][:50], train["slant_level"][:50], k=2)
+    kept = mc.captioned_mnist("train", k=2)  # held-out digits dropped
+    assert len(kept["captions"]) == len(kept["labels"]) == 60000 - 6224 and not kept["held_out"].any()
+    first = kept["index"][kept["index"] < 50]
+    assert [kept["captions"][i] for i in range(len(first))] == [full[j] for j in first]
+    assert np.array_equal(kept["images"], train["images"][kept["index"]])
+
+
 # ---------------------------------------------------------------- captions
 _DIGIT = {**{str(i): i for i in range(10)}, **{w: i for i, w in enumerate(mc.DIGIT_WORDS)}}
 
@@ -182,3 +191,10 @@ def test_templates_and_eval_phrasings_never_meet():
         assert len(set(batch)) >= 30  # varied: templates x synonyms x numeral/word
         assert all(parse(p) == (d, t, s) for p in batch), i
     assert parse(mc.eval_prompts(4, None, 2, 1)[0]) == (4, None, 2)
+
+
+def test_eval_requests():
+    prompts, d, t, s = mc.eval_requests(mc.HELD_OUT[:2] + ((5, None, 1),), 4)
+    assert len(prompts) == 12 and d.tolist() == [0] * 4 + [1] * 4 + [5] * 4
+    assert t == [0] * 4 + [2] * 4 + [None] * 4 and s == [0] * 4 + [2] * 4 + [1] * 4
+    assert [parse(p) for p in prompts] == list(zip(d.tolist(), t, s, strict=True))

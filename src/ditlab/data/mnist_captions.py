@@ -175,6 +175,24 @@ def mnist_attributes(split: str = "train") -> dict[str, np.ndarray]:
             "slant_level": s_lvl, "held_out": is_held_out(labels, t_lvl, s_lvl)}
 
 
+def captioned_mnist(split: str = "train", k: int = 4, seed: int = 0, drop_held_out: bool | None = None
+                    ) -> dict[str, np.ndarray | list[list[str]]]:
+    """What a captioned-MNIST dataset needs: :func:`mnist_attributes` plus ``index`` (the MNIST
+    index of each digit kept) and ``captions`` (``k`` per digit, see :func:`training_captions`).
+
+    ``drop_held_out`` (default: True for ``train``, False for ``test``) removes the digits whose
+    (digit, thickness, slant) is in ``HELD_OUT``; each kept digit keeps the captions it has in the full set.
+    """
+    a = mnist_attributes(split)
+    drop = (split == "train") if drop_held_out is None else drop_held_out
+    keep = ~a["held_out"] if drop else np.ones(len(a["labels"]), dtype=bool)
+    out = {key: v[keep] for key, v in a.items()}
+    out["index"] = np.flatnonzero(keep)
+    out["captions"] = training_captions(out["labels"], out["thickness_level"], out["slant_level"], k=k,
+                                        seed=seed, index=out["index"])
+    return out
+
+
 # ---------------------------------------------------------------- captions
 def _mix(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective scramble of uint64s."""
@@ -263,3 +281,16 @@ def eval_prompts(digit: int, thickness_level: int | None, slant_level: int | Non
         sw = SLANT_WORDS[slant_level][(i // 3) % 3] if slant_level is not None else None
         out.append(render(templates[i % len(templates)], digit, tw, sw, word=(i // 9) % 2 == 1))
     return out
+
+
+def eval_requests(combinations: Sequence[tuple[int, int | None, int | None]], n: int
+                  ) -> tuple[list[str], np.ndarray, list[int | None], list[int | None]]:
+    """``n`` evaluation prompts per combination, with what each asks, ready for ``text_adherence``:
+    (prompts, digits (N,), thickness levels, slant levels) in combination order."""
+    prompts, digits, thick, slants = [], [], [], []
+    for d, t, s in combinations:
+        prompts += eval_prompts(d, t, s, n)
+        digits += [d] * n
+        thick += [t] * n
+        slants += [s] * n
+    return prompts, np.asarray(digits, dtype=np.int64), thick, slants
