@@ -360,6 +360,8 @@ def load_text_encoder(spec: str | os.PathLike, max_length: int | None = None, de
             f"{folder} lacks {len(missing)} weights of a {cls.__name__} (e.g. {missing[0]}): "
             "pass the folder of a complete text encoder"
         )
+    if tokenizer.pad_token is None:  # only padding needs it, and the mask hides it
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     limit = _position_limit(config if model_type != "clip" else config.get("text_config", {}))
     if max_length is None:
         max_length = DEFAULT_MAX_LENGTH[kind] if limit is None else min(DEFAULT_MAX_LENGTH[kind], limit)

@@ -182,6 +182,19 @@ def caption_features(root: str | os.PathLike, captions: Iterable[str], encoder: 
         raise ValueError(f"storage must be 'float16' or 'float32', got {storage!r}")
     identity = encoder.identity()
     path = table_path(root, identity)
+    wanted = _distinct(["", *captions])
+    # Another process may extend the same file at the same moment (last rename wins): check that
+    # the table on disk holds every caption, and add what it lacks again if not.
+    for _ in range(3):
+        table = _extend(path, identity, wanted, encoder, batch_size, storage, progress)
+        if all(c in table.index for c in wanted):
+            return table
+    raise RuntimeError(f"caption feature file {path} keeps losing captions: is another process rewriting it?")
+
+
+def _extend(path: Path, identity: str, wanted: list[str], encoder: TextEncoder, batch_size: int, storage: str,
+            progress: Callable[[int, int], None] | None) -> CaptionFeatures:
+    """Open ``path`` and write it again with the captions of ``wanted`` that it lacks (if any)."""
     old = None
     if path.exists():
         try:
@@ -189,7 +202,6 @@ def caption_features(root: str | os.PathLike, captions: Iterable[str], encoder: 
         except FeatureCacheError:
             old = None  # damaged or an old version: rebuilt below, replaced atomically
     known = old.index if old is not None else {}
-    wanted = _distinct(["", *captions])
     # New rows are appended shortest first: batches of similar length waste little on padding.
     new = sorted((c for c in wanted if c not in known), key=len)
     if old is not None and not new:
