@@ -145,11 +145,11 @@ def test_default_path_comes_from_the_environment(monkeypatch, standin):
 
 def test_frame_fid_feeds_every_frame_to_inception(inception):
     rng = np.random.default_rng(0)
-    videos = rng.integers(0, 256, (2, 3, 16, 16, 1), dtype=np.uint8)
+    videos = rng.integers(0, 256, (2, 2, 16, 16, 1), dtype=np.uint8)
     feats = frame_features(videos, inception)
-    assert feats.shape == (6, 2048)
-    frames = np.repeat(videos.reshape(6, 16, 16, 1), 3, axis=-1)
+    assert feats.shape == (4, 2048)
+    frames = np.repeat(videos.reshape(4, 16, 16, 1), 3, axis=-1)
     np.testing.assert_allclose(feats, inception.features(frames), atol=1e-9)
     ref = FeatureStats.from_features(feats)
     assert frame_fid(videos, ref, inception) == pytest.approx(fid(feats, ref))
-    assert frame_features(videos, inception, frame_stride=2).shape == (4, 2048)
+    assert frame_features(videos, inception, frame_stride=2).shape == (2, 2048)
