@@ -35,8 +35,10 @@ def real_metrics(real_sets):
     v = samples.videos
     right = video_digit_metrics(v.frames, v.digit[:, 0], v.direction[:, 0], reference.videos.frames)
     k = 40  # the MNIST test statistics are cached by the first call: a small second call is cheap
+    wobbly = v.frames[:k].copy()
+    wobbly[:, 1::2] = np.roll(wobbly[:, 1::2], 1, axis=-1)  # odd frames one pixel to the right
     wrong = video_digit_metrics(v.frames[:k, ..., None], (v.digit[:k, 0] + 1) % 10, (v.direction[:k, 0] + 4) % 8,
-                                reference.videos.frames[:k])
+                                reference.videos.frames[:k], smoothness_reference=wobbly)
     return right, wrong
 
 
@@ -58,6 +60,9 @@ def test_wrong_requests_score_zero(real_metrics):
     assert wrong["frame_accuracy"] < 0.02 and wrong["video_digit_accuracy"] < 0.02
     assert wrong["direction_accuracy"] == 0.0  # the opposite direction, never the nearest sector
     assert right["frame_accuracy"] - wrong["frame_accuracy"] > 0.95
+    # the smoothness reference can be other videos (e.g. through the autoencoder): here a 1-px zigzag,
+    # whose second differences are 2 px (or excluded as reversals: bounces, and +-1 px steps of still axes)
+    assert wrong["smoothness"] == 0.0 and 1.5 < wrong["smoothness_real"] <= 2.0 and wrong["smoothness_ratio"] == 0.0
 
 
 def test_track_statistics_recover_the_generator(real_sets):
