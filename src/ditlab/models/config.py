@@ -22,6 +22,10 @@ PAPER_SIZES = ("S", "B", "L", "XL")
 # Saved by older versions, meaningless now: label dropout moved from the network to Condition.drop.
 LEGACY_KEYS = frozenset({"class_dropout_prob"})
 PATCH_SIZES = (2, 4, 8)
+# Video models (num_frames > 0, ditlab.models.video): Latte's interleaved spatial / temporal blocks, or
+# full 3-D attention over every token of the clip.
+VIDEO_LAYOUTS = ("interleaved", "full")
+VIDEO_KEYS = ("num_frames", "temporal_patch_size", "layout", "rope")  # left out of image models' dicts
 
 
 def _registry() -> dict[str, tuple[int, int, int, int]]:
@@ -65,6 +69,11 @@ class DiTConfig:
     frequency_embedding_size: int = 256
     timestep_freq_shift: float = 0.0  # 0: the paper's embedder; 1: diffusers' DiTTransformer2DModel
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. provenance
+    # --- video (num_frames = 0: an image model; see ditlab.models.video) ---
+    num_frames: int = 0  # frames of the clips it is trained on (positions are computed for any count)
+    temporal_patch_size: int = 1  # frames per token: 1 = per-frame 2-D patches, > 1 = tubelets
+    layout: str = "interleaved"  # interleaved spatial / temporal blocks, or full 3-D attention
+    rope: bool = False  # 3-D rotary positions in attention instead of added sin-cos positions
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -116,11 +125,40 @@ class DiTConfig:
             raise ModelError(f"depth and in_channels must be >= 1, got {self.depth}, {self.in_channels}")
         if self.num_classes < 0:
             raise ModelError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        self._validate_video()
+
+    def _validate_video(self) -> None:
+        pt = self.temporal_patch_size
+        if self.num_frames < 0 or pt < 1:
+            raise ModelError(f"num_frames must be >= 0 and temporal_patch_size >= 1, got {self.num_frames}, {pt}")
+        if not self.num_frames:
+            if pt != 1 or self.rope or self.layout != VIDEO_LAYOUTS[0]:
+                raise ModelError("temporal_patch_size, rope and layout describe video models: set num_frames > 0")
+            return
+        if self.num_frames % pt:
+            raise ModelError(f"{self.num_frames} frames are not divisible by the temporal patch size {pt}: "
+                             f"use a frame count that is a multiple of {pt}")
+        if self.layout not in VIDEO_LAYOUTS:
+            raise ModelError(f"unknown video layout {self.layout!r}: choose one of {', '.join(VIDEO_LAYOUTS)}")
+        if BLOCK_KINDS[self.block].prefix_tokens:
+            raise ModelError(f"block {self.block!r} prepends condition tokens, which a video model does not "
+                             "support: use adaLN-Zero, adaLN or cross-attention")
+        if self.rope and (self.block != "adaLN-Zero" or self.hidden_size // self.num_heads < 6):
+            raise ModelError("rope needs adaLN-Zero blocks and at least 6 channels per head: drop rope or "
+                             "change the block / head count")
+
+    @property
+    def is_video(self) -> bool:
+        """A space-time model of (N, C, F, H, W) latents."""
+        return self.num_frames > 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
+        if not self.num_frames:  # image models describe themselves as they always did
+            for key in VIDEO_KEYS:
+                d.pop(key)
         return d
 
     @classmethod

@@ -171,8 +171,10 @@ class Attention(nn.Module):
         return F.linear(x, w[first * d:last * d], None if b is None else b[first * d:last * d])
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """``rotary``: (cos, sin) tables (T, head_dim/2) rotating queries and keys (RoPE; self-attention)."""
         n, t, d = x.shape
         if context is None:
             if torch.is_grad_enabled():
@@ -187,8 +189,19 @@ class Attention(nn.Module):
         mask = None if context_mask is None else context_mask[:, None, None, :].bool()  # (N, 1, 1, L)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, T|L, d)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (..., T, d) by the angles whose cos/sin are (T, d/2) (RoPE,
+    Su et al. 2021, in the rotate-half layout): the dot product of two rotated vectors depends only on
+    the difference of their angles."""
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., T, d/2)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class Mlp(nn.Module):

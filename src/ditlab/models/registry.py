@@ -11,10 +11,15 @@ import torch
 from ditlab.errors import ModelError
 from ditlab.models.config import REGISTRY, DiTConfig, config_for
 from ditlab.models.dit import DiT
+from ditlab.models.video import VideoDiT
 
 
 def _on(device: torch.device | str | None):
     return torch.device(device) if device is not None else contextlib.nullcontext()
+
+
+def _build(cfg: DiTConfig) -> DiT:
+    return VideoDiT(cfg) if cfg.is_video else DiT(cfg)  # the config says which; nothing else switches
 
 
 def create_model(name: str, *, device: torch.device | str | None = None, **overrides: Any) -> DiT:
@@ -23,7 +28,8 @@ def create_model(name: str, *, device: torch.device | str | None = None, **overr
     Overrides are any ``DiTConfig`` field: ``input_size`` (int or (H, W)), ``in_channels``,
     ``num_classes`` (0 = unconditional), ``learn_sigma``, ``context_dim``, ``pooled_dim``, ``depth``,
     ``hidden_size``, ``num_heads``, ``patch_size``, ``mlp_ratio``, ``block``, ``qk_norm``,
-    ``grad_checkpointing``, ``timestep_scale``; ``None`` values are ignored.
+    ``grad_checkpointing``, ``timestep_scale``; video models (``ditlab.models.video``): ``num_frames`` > 0,
+    ``temporal_patch_size``, ``layout``, ``rope``; ``None`` values are ignored.
     ``device="meta"`` builds without memory (for counting parameters and flops).
     ``name`` may also be a path to a ``config.json`` or a directory holding one.
     """
@@ -37,11 +43,11 @@ def create_model(name: str, *, device: torch.device | str | None = None, **overr
         return model_from_config(d, device=device)
     cfg = config_for(name, **overrides)
     with _on(device):
-        return DiT(cfg)
+        return _build(cfg)
 
 
 def model_from_config(config: DiTConfig | dict[str, Any], *, device: torch.device | str | None = None) -> DiT:
     """Rebuild the architecture described by ``model.config`` or ``model.config.to_dict()``."""
     cfg = config if isinstance(config, DiTConfig) else DiTConfig.from_dict(dict(config))
     with _on(device):
-        return DiT(cfg)
+        return _build(cfg)
