@@ -12,7 +12,6 @@ from ditlab.models.layers import apply_rotary, modulate, sincos_1d, sincos_2d
 from ditlab.models.video import rope_3d, sincos_time, video_from_image
 
 
-
 def tiny(**kw) -> VideoDiT:
     base = dict(input_size=4, in_channels=2, num_classes=5, learn_sigma=False, depth=2, hidden_size=24,
                 num_heads=2, patch_size=2, num_frames=4)
@@ -120,7 +119,11 @@ VARIANTS = [dict(layout=lay, rope=r, temporal_patch_size=pt) for lay in ("interl
             for r in (False, True) for pt in (1, 2)]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['layout']}-rope{int(v['rope'])}-pt{v['temporal_patch_size']}")
+def _variant_id(v: dict) -> str:
+    return f"{v['layout']}-rope{int(v['rope'])}-pt{v['temporal_patch_size']}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
 def test_every_variant_runs_learns_and_round_trips(variant, tmp_path, randomize):
     model = randomize(tiny(learn_sigma=True, **variant))
     x, t, y = inputs()
