@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ditlab.autoencoders.base import Autoencoder, PixelAutoencoder
+from ditlab.autoencoders.base import Autoencoder, PixelAutoencoder, encode_frames
 from ditlab.autoencoders.kl import CONFIG_TYPE, KLAutoencoder, KLAutoencoderConfig
 from ditlab.autoencoders.train import measure_latent_std, train_autoencoder
 from ditlab.errors import CheckpointError, ModelError
@@ -22,6 +22,7 @@ __all__ = [
     "KLAutoencoder",
     "KLAutoencoderConfig",
     "PixelAutoencoder",
+    "encode_frames",
     "load_autoencoder",
     "measure_latent_std",
     "train_autoencoder",

@@ -38,6 +38,17 @@ class Autoencoder(nn.Module):
         return (self.latent_channels, side, side)
 
 
+def encode_frames(autoencoder: Autoencoder, x: torch.Tensor, sample: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images (N, C, H, W) -> (N, c, h, w) as ``encode``; videos (N, C, F, H, W) -> (N, c, F, h, w), every frame
+    encoded as an image (Latte's use of an image VAE)."""
+    if x.dim() != 5:
+        return autoencoder.encode(x, sample=sample, generator=generator)
+    n, c, f, h, w = x.shape
+    z = autoencoder.encode(x.transpose(1, 2).reshape(n * f, c, h, w), sample=sample, generator=generator)
+    return z.reshape(n, f, *z.shape[1:]).transpose(1, 2)  # (N, c, F, h, w)
+
+
 class PixelAutoencoder(Autoencoder):
     """Identity autoencoder: the diffusion model works on the pixels themselves."""
 

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a `ditlab train-vae` folder, or 'pixel'")
     parser.add_argument("--image-size", type=int, default=256, help="side of the centre-cropped images (default 256)")
     parser.add_argument("--out", required=True, help="cache folder to create or resume")
+    parser.add_argument("--num-frames", type=int, default=0,
+                        help="videos: frames per clip (a folder is read as videos when > 0; moving-mnist: 8)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="video folders: take every N-th frame")
     parser.add_argument("--batch-size", type=int, default=32, help="images per encoder call (each also flipped)")
     parser.add_argument("--shard-size", type=int, default=1024, help="images per shard file (default 1024)")
     parser.add_argument("--dtype", choices=lc.DTYPES, default="float16", help="storage dtype (default float16)")
@@ -43,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.num_frames < 0 or args.frame_stride < 1:
+        raise ConfigError(f"--num-frames must be >= 0 and --frame-stride >= 1, got {args.num_frames}, "
+                          f"{args.frame_stride}")
     for name in ("image_size", "batch_size", "shard_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
         )
         autoencoder = load_autoencoder(args.autoencoder)
-        dataset = build_dataset(args.data, args.image_size, flip=False, channels=autoencoder.image_channels)
+        dataset = build_dataset(args.data, args.image_size, flip=False, channels=autoencoder.image_channels,
+                                num_frames=args.num_frames or None, frame_stride=args.frame_stride)
         with lock_folder_on_rank0(args.out, flag="--out", what="latent cache"):  # one job per cache
             extract_latents(
                 dataset, autoencoder, args.out, image_size=args.image_size, batch_size=args.batch_size,

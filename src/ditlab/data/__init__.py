@@ -4,7 +4,8 @@
 (see ``BUILTIN_DATASETS``) or a path to an image folder. Every dataset yields
 ``(image float (C, H, W) in [-1, 1], meta dict)`` (``{"label": k}`` or ``{}``), has ``metas()`` (every
 item's meta without decoding images) and carries ``num_classes``, ``class_names``,
-``channels``, ``image_size`` and ``name``.
+``channels``, ``image_size`` and ``name``. Video datasets (``moving-mnist``, ``moving-mnist-classic``, or a
+folder with ``num_frames``) yield ``(frames (C, F, H, W), meta)`` and carry ``num_frames`` (``ditlab.data.video``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 from ditlab.data.builtin import BUILTIN_DATASETS, BuiltinDataset, build_builtin, cache_dir
 from ditlab.data.folder import Batch, ImageFolderDataset, collate_skip_bad
 from ditlab.data.transforms import center_crop_arr, to_mode
+from ditlab.data.video import VIDEO_BUILTINS, build_video_dataset, is_video_dataset, video_frames
 from ditlab.errors import DataError
 
 __all__ = [
@@ -25,6 +27,10 @@ __all__ = [
     "center_crop_arr",
     "collate_skip_bad",
     "to_mode",
+    "VIDEO_BUILTINS",
+    "build_video_dataset",
+    "is_video_dataset",
+    "video_frames",
 ]
 
 
@@ -35,7 +41,8 @@ def build_dataset(
     split: str = "train",
     flip: bool | None = None,
     channels: int | None = None,
-) -> BuiltinDataset | ImageFolderDataset:
+    **video: int | None,
+):
     """A dataset from a built-in name (``"mnist"``, ``"digits"``) or an image-folder path.
 
     Args:
@@ -45,9 +52,14 @@ def build_dataset(
         split: ``"train"`` or ``"test"`` for built-ins; folders ignore it.
         flip: random horizontal flips; default on for folders, off for digits (a flipped 3 is no 3).
         channels: 1 or 3; default 1 for built-ins, 3 for folders.
+        video: ``num_frames``, ``frame_stride``, ``num_digits``, ``num_videos``: a video dataset
+            (``build_video_dataset``) for the built-in moving digits, or a folder when ``num_frames`` is set.
     """
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
         raise DataError(f"image size must be a positive integer, got {image_size!r}")
+    if (isinstance(spec, str) and spec in VIDEO_BUILTINS) or video.get("num_frames"):
+        options = {k: v for k, v in video.items() if v is not None}
+        return build_video_dataset(spec, image_size, split=split, flip=flip, channels=channels, **options)
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return build_builtin(spec, image_size, split=split, flip=flip, channels=channels)
     if isinstance(spec, str) and not spec.strip():

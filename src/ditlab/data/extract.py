@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ditlab.autoencoders.base import encode_frames
 from ditlab.data import latent_cache as lc
 from ditlab.errors import ConfigError, DataError
 from ditlab.runlock import LOCK_NAME
@@ -125,6 +126,8 @@ def extract_latents(
     """Encode ``dataset`` (items ``(image (C, H, W) in [-1, 1], meta)`` or ``None``) and the
     horizontal flip of every image with ``autoencoder`` into a latent cache at ``out``; the rows'
     condition records (``condition``, default: what the dataset supports) are stored with them.
+    Video datasets (items ``(clip (C, F, H, W), meta)``) are encoded frame by frame and stored as
+    (F, C, h, w) per clip.
 
     Resumes a cache with the same settings (only missing shards are encoded). Inside an
     initialised ``torch.distributed`` group, each rank encodes its own shards. Returns the index.
@@ -153,6 +156,9 @@ def extract_latents(
     autoencoder = autoencoder.to(device).eval()
     side = image_size // autoencoder.downsample
     latent_shape = [int(autoencoder.latent_channels), side, side]
+    frames = int(getattr(dataset, "num_frames", 0) or 0)
+    if frames:  # clips: the training shape (C, F, h, w); shards store (F, C, h, w) per clip
+        latent_shape.insert(1, frames)
     n = len(dataset)
     plan = {
         "format": lc.FORMAT, "version": lc.VERSION,
@@ -239,15 +245,18 @@ def _encode_shards(dataset, autoencoder, root, ranges, todo, latent_shape, batch
                 x = images.to(device, non_blocking=True)
                 x = torch.cat([x, x.flip(-1)])  # (2B, C, H, W): the images, then their mirror images
                 gen = _batch_generator(seed, idx[0], device) if sample else None
-                z = autoencoder.encode(x, sample=sample, generator=gen)  # (2B, c, h, w)
-                z = z.reshape(2, len(good), *z.shape[1:]).transpose(0, 1)  # (B, 2, c, h, w)
+                z = encode_frames(autoencoder, x, sample=sample, generator=gen)  # (2B, c, h, w) / (2B, c, F, h, w)
+                z = z.reshape(2, len(good), *z.shape[1:]).transpose(0, 1)  # (B, 2, c, h, w) / (B, 2, c, F, h, w)
+                if z.dim() == 6:
+                    z = z.transpose(2, 3)  # (B, 2, F, c, h, w): each clip's frames one after another
                 shard_rows.append(z.float().cpu().numpy().astype(np_dtype))
             items += good
             bad += bad_idx
             bar.update(len(idx))
             if idx[-1] == ranges[k][1] - 1:  # last batch of shard k
                 # (n, 2, c, h, w); a shard of unreadable files only keeps its receipt and an empty array
-                latents = np.concatenate(shard_rows) if shard_rows else np.zeros((0, 2, *latent_shape), np_dtype)
+                empty = (0, 2, *lc.storage_shape(latent_shape))
+                latents = np.concatenate(shard_rows) if shard_rows else np.zeros(empty, np_dtype)
                 files = getattr(dataset, "files", None)
                 names = [str(files[i]) if files is not None else f"item {i}" for i in bad]
                 lc.write_shard(root, k, *ranges[k], latents, items, names, bad_items=bad)

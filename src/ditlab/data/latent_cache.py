@@ -8,7 +8,8 @@ A cache directory holds::
 
     plan.json           the extraction's settings, written first; a resumed run must match them
     shard-00000.npy     latents of dataset items [0, S): float16/float32 array (n, 2, C, h, w),
-                        [:, 0] the image and [:, 1] its horizontal flip; unreadable images have no row
+                        [:, 0] the image and [:, 1] its horizontal flip; unreadable images have no row;
+                        clips (video datasets): (n, 2, F, C, h, w), every frame encoded as an image
     shard-00000.json    the shard's receipt, written after its .npy is in place: dataset indices
                         of the rows, unreadable files, byte size and sha256 of the .npy
     records.safetensors the condition's records of all rows, shard after shard (e.g. ``y`` (N,) labels;
@@ -49,6 +50,13 @@ PLAN_KEYS_THAT_MUST_MATCH = (
     "version", "condition", "dataset.num_items", "dataset.fingerprint", "image_size", "autoencoder.identity",
     "latent_shape", "dtype", "posterior", "seed", "shard_size",
 )
+
+
+def storage_shape(latent_shape) -> tuple[int, ...]:
+    """What one row of a shard holds per flip: (C, h, w) for images, (F, C, h, w) for clips of training shape
+    (C, F, h, w)."""
+    shape = tuple(int(s) for s in latent_shape)
+    return (shape[1], shape[0], *shape[2:]) if len(shape) == 4 else shape
 
 
 def shard_stem(k: int) -> str:
@@ -197,9 +205,10 @@ def _records_v2(root: Path, rows: int, redo: str) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class LatentCacheIndex:
-    """What a cache holds: latent (C, h, w), the condition's description, and how it was made."""
+    """What a cache holds: latent (C, h, w) (clips: (C, F, h, w)), the condition's description, and how it was
+    made."""
 
-    latent_shape: tuple[int, int, int]
+    latent_shape: tuple[int, ...]
     autoencoder_identity: str
     autoencoder_source: str
     image_size: int
@@ -218,7 +227,8 @@ class LatentCacheIndex:
 class LatentCache:
     """Read access to a complete latent cache; shards are memory-mapped on first use.
 
-    ``get(i, flip)`` returns latent ``i`` (C, h, w) as float32, the flipped image's when ``flip``;
+    ``get(i, flip)`` returns latent ``i`` (C, h, w) (clips: (C, F, h, w)) as float32, the flipped image's when
+    ``flip``;
     ``records`` holds the condition's records of every row and ``condition()`` rebuilds the condition.
     Pickles without its memory maps, so it can go to DataLoader workers.
     """
@@ -300,7 +310,7 @@ class LatentCache:
                 raise DataError(
                     f"cannot map latent cache shard {p} ({err}); rerun `ditlab extract-latents` to repair it"
                 ) from err
-            want = (self.index.shard_rows[k], 2, *self.index.latent_shape)
+            want = (self.index.shard_rows[k], 2, *storage_shape(self.index.latent_shape))
             if mm.shape != want or mm.dtype != np.dtype(self.index.dtype):
                 raise DataError(
                     f"latent cache shard {p} holds {mm.dtype}{list(mm.shape)}, "
@@ -318,9 +328,10 @@ class LatentCache:
         return k, i - int(self._offsets[k])
 
     def get(self, i: int, flip: bool = False) -> torch.Tensor:
-        """Latent ``i`` (C, h, w) as float32; ``flip`` picks the horizontally flipped image's."""
+        """Latent ``i`` (C, h, w) (clips: (C, F, h, w)) as float32; ``flip`` picks the horizontally flipped one."""
         k, row = self.locate(int(i))
-        return torch.from_numpy(np.array(self._shard(k)[row, int(bool(flip))], dtype=np.float32))
+        z = torch.from_numpy(np.array(self._shard(k)[row, int(bool(flip))], dtype=np.float32))
+        return z.transpose(0, 1).contiguous() if z.dim() == 4 else z  # stored (F, C, h, w) -> (C, F, h, w)
 
     def check_compatible(
         self, autoencoder_identity: str, image_size: int, latent_shape: tuple[int, ...] | list[int]

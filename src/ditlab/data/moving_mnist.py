@@ -269,9 +269,13 @@ class MovingMNIST(torch.utils.data.Dataset):
         frames = torch.from_numpy(self.videos.frames[index]).float().div(127.5).sub(1.0)  # (F, H, W)
         return frames.unsqueeze(0), self.meta(index)  # (1, F, H, W)
 
+    def metas(self) -> list[dict]:
+        """Every video's metadata (see ``meta``), without touching the frames."""
+        return [self.meta(i) for i in range(len(self))]
+
     def tensors(self) -> tuple[torch.Tensor, list[dict]]:
         """All videos as uint8 (N, 1, F, H, W) (a view, no copy) and their metas, for encoding once."""
-        return torch.from_numpy(self.videos.frames).unsqueeze(1), [self.meta(i) for i in range(len(self))]
+        return torch.from_numpy(self.videos.frames).unsqueeze(1), self.metas()
 
     def labels(self) -> torch.Tensor:
         """Class labels (N,) int64 (digit * 8 + direction); single-digit videos only."""

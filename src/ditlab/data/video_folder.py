@@ -240,6 +240,10 @@ class VideoFolderDataset(torch.utils.data.Dataset):
             frames = frames.flip(-1)  # the whole clip, so motion stays consistent
         return frames, ({"label": int(self.labels[index])} if self.num_classes else {})
 
+    def metas(self) -> list[dict]:
+        """Every clip's metadata (``{"label": k}`` with class folders, ``{}`` without), nothing decoded."""
+        return [{"label": int(y)} for y in self.labels.tolist()] if self.num_classes else [{}] * len(self)
+
     def _record(self, index: int, status: int, err: Exception) -> None:
         if not self._status[index]:
             self._status[index] = status

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ditlab.autoencoders.base import encode_frames
 from ditlab.conditioning import Records, cond_to, index_records
 from ditlab.errors import DataError
 from ditlab.seeding import Stream, derive_seed, epoch_seed
@@ -78,7 +79,7 @@ class InMemorySource:
         x = self.latents[idx]
         if flips is not None:
             f = flips[lo:hi]
-            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            x = torch.where(f.reshape(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)  # images or clips
         self.consumed += 1
         return x.to(self.device, non_blocking=True), cond_to(index_records(self.records, idx), self.device)
 
@@ -149,8 +150,8 @@ class FolderSource:
             images = batch.images.to(self.device, non_blocking=True)
             if flips is not None:
                 f = flips[lo : lo + self.local_batch][kept].to(self.device)
-                images = torch.where(f[:, None, None, None], images.flip(-1), images)
-            latents = self.autoencoder.encode(images, sample=self.sample_posterior)
+                images = torch.where(f.reshape(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
+            latents = encode_frames(self.autoencoder, images, sample=self.sample_posterior)  # clips frame by frame
             records = index_records(self.records, requested[kept])
             return latents.float(), cond_to(records, self.device)
 
