@@ -40,6 +40,15 @@ class TrainConfig:
     num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
     latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
     condition: str = opt("auto", "auto | class | none: what the model is conditioned on (auto: what the data has)")
+    # --- video (docs/video.md) ---
+    num_frames: int = opt(0, "video: frames per clip (0: the data's own, 8 for moving-mnist); a folder is read "
+                             "as videos when > 0")
+    frame_stride: int = opt(1, "video folders: take every N-th frame of a video")
+    num_videos: int = opt(0, "moving-mnist: number of training videos (0: 20,000)")
+    num_digits: int = opt(0, "moving-mnist: digits per video (0: 1; 2 for moving-mnist-classic)")
+    video_layout: str = opt("interleaved", "video model: interleaved spatial/temporal blocks | full 3-D attention")
+    temporal_patch_size: int = opt(1, "video model: frames per token (1: per-frame patches, > 1: tubelets)")
+    rope: bool = opt(False, "video model: 3-D rotary positions in attention instead of sin-cos")
     # --- autoencoder (latent space) ---
     autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
     vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")
@@ -171,6 +180,35 @@ PRESETS: dict[str, dict[str, Any]] = {
         sampler="ddpm",
         sample_steps=250,
         cfg_scale=1.5,
+    ),
+    # Seconds-scale video runs for tests: 4-frame moving digits on a 36-px canvas, a few-step VAE, a tiny model.
+    "moving-mnist-tiny": dict(
+        run_dir="runs/moving-mnist-tiny",
+        data="moving-mnist",
+        image_size=36,
+        num_frames=4,
+        num_videos=64,
+        autoencoder="auto",
+        vae_downsample=4,
+        vae_steps=4,
+        vae_batch_size=8,
+        model="DiT-S/2",
+        depth=1,
+        hidden_size=32,
+        num_heads=2,
+        patch_size=3,
+        process="flow",
+        learn_sigma=False,
+        steps=6,
+        global_batch_size=8,
+        lr=1e-3,
+        ema_decay=0.9,
+        ckpt_every=3,
+        log_every=3,
+        num_workers=0,
+        sampler="euler",
+        sample_steps=3,
+        tensorboard=False,
     ),
     # Seconds-scale runs for tests: 8x8 digits in pixel space, a 2-block model.
     "digits-tiny": dict(
@@ -334,6 +372,14 @@ def validate(c: TrainConfig) -> None:
          f"eval_metrics 'mnist' needs --data mnist (data is '{c.data}'): use --eval_metrics fid")
     need(c.autocast in ("none", "bf16", "fp16"), f"autocast must be none, bf16 or fp16, got '{c.autocast}'")
     need(c.process in ("ddpm", "flow"), f"unknown process '{c.process}': choose ddpm or flow")
+    need(c.num_frames >= 0 and c.frame_stride >= 1 and c.num_videos >= 0 and c.num_digits >= 0,
+         "num_frames, num_videos and num_digits must be >= 0 and frame_stride >= 1")
+    need(c.video_layout in ("interleaved", "full"),
+         f"unknown video_layout '{c.video_layout}': choose interleaved or full")
+    need(c.temporal_patch_size >= 1, f"temporal_patch_size must be >= 1, got {c.temporal_patch_size}")
+    need(not c.num_frames or c.num_frames % c.temporal_patch_size == 0,
+         f"num_frames {c.num_frames} is not divisible by temporal_patch_size {c.temporal_patch_size}: "
+         "use a multiple of it")
     need(bool(c.data) or bool(c.latents), "no training data: pass --data PATH (or mnist, digits) or --latents CACHE")
 
 

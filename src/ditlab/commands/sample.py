@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 NAME = "sample"
-HELP = "sample images from a trained run or a model folder: a grid PNG, optional individual PNGs and an ADM .npz"
+HELP = ("sample images (videos) from a trained run or a model folder: a grid PNG (GIF/MP4), optional individual "
+        "files and an ADM .npz")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--out", default="samples.png", help="grid PNG to write")
-    parser.add_argument("--out-dir", default=None, help="also write each sample as DIR/000000_class3.png")
-    parser.add_argument("--out-npz", default=None, help="also write an ADM .npz (arr_0 N×H×W×C uint8, labels/prompts)")
+    parser.add_argument("--out", default=None,
+                        help="grid to write: a PNG for image models (default samples.png), a .gif or .mp4 grid "
+                             "video for video models (default samples.gif)")
+    parser.add_argument("--fps", type=float, default=8.0, help="video models: frames per second of the videos")
+    parser.add_argument("--out-dir", default=None,
+                        help="also write each sample as DIR/000000_class3.png (video models: .gif)")
+    parser.add_argument("--out-npz", default=None,
+                        help="also write an ADM .npz (arr_0 N×H×W×C uint8, video N×F×H×W×C; labels/prompts)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
 
@@ -54,6 +60,21 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("give --prompt or --prompts-file, not both")
     if args.classes is not None and (args.prompt is not None or args.prompts_file is not None):
         raise UserError("give --class (class models) or --prompt (text models), not both")
+    if not args.fps > 0:
+        raise UserError(f"--fps must be positive, got {args.fps}")
+
+
+def _check_output_kind(out: str, video: bool) -> None:
+    """A one-line UserError when --out asks a video model for an image or an image model for a video."""
+    from ditlab.data.video_io import VIDEO_WRITE_EXTENSIONS, video_extension
+    from ditlab.errors import UserError
+
+    ext = Path(out).suffix.lower()
+    if video:
+        video_extension(out)  # .gif or .mp4, else one line naming them
+    elif ext in VIDEO_WRITE_EXTENSIONS:
+        raise UserError(f"this model makes images, not videos: write the grid as a .png (--out {Path(out).stem}.png) "
+                        "or sample a video model")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -85,11 +106,15 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     if args.prompt is not None:
         prompts = [args.prompt]
-    out = check_writable(args.out)
+    if args.out is not None:
+        check_writable(args.out)
     npz = check_writable(args.out_npz) if args.out_npz else None
     device = pick_device(args.device)
     pipe = Pipeline.load(args.run_dir, ema=not args.no_ema, device=device, autoencoder=args.autoencoder,
                          text_encoder=args.text_encoder)
+    out = Path(args.out or ("samples.gif" if pipe.is_video else "samples.png"))
+    _check_output_kind(str(out), pipe.is_video)  # before any sampling: nothing half-written
+    check_writable(out)
     pipe.check_request(labels=args.classes, prompts=prompts)  # a prompt for a class model, ... : one line
     labels = pipe.condition.parse(args.classes or "all") if pipe.condition.kind == "class" else None
     check_sampling(pipe.process, args.sampler or pipe.defaults.sampler, args.steps or pipe.defaults.steps)
@@ -107,11 +132,14 @@ def run(args: argparse.Namespace) -> int:
     ncols = per_group if 1 < per_group <= 16 and groups > 1 else None
     if ncols is None and groups == 1 and len(set(got.descriptions)) == 1 and got.descriptions[0]:
         ncols = min(args.num, 8)
-    rows = row_labels_for(got.descriptions, ncols) if ncols else None
-    save_grid(got.images, out, ncols=ncols, row_labels=rows)
+    if pipe.is_video:
+        _write_videos(got, out, args.out_dir, ncols, args.fps)
+    else:
+        rows = row_labels_for(got.descriptions, ncols) if ncols else None
+        save_grid(got.images, out, ncols=ncols, row_labels=rows)
     if npz is not None:
         save_npz(got.images, npz, labels=got.labels, prompts=got.prompts)
-    if args.out_dir:
+    if args.out_dir and not pipe.is_video:
         folder = Path(args.out_dir)
         for i, image in enumerate(got.images):
             suffix = f"_class{int(got.labels[i])}" if got.labels is not None else ""
@@ -119,3 +147,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.num} samples: {out}" + (f", {npz}" if npz else "")
           + (f", {args.out_dir}/" if args.out_dir else ""))
     return 0
+
+
+def _write_videos(got, out: Path, out_dir: str | None, ncols: int | None, fps: float) -> None:
+    """The grid video (one row per class or prompt where they fill rows) and, with ``out_dir``, one GIF per sample."""
+    from ditlab.data.video_io import write_video, write_video_grid
+
+    write_video_grid(out, got.images, fps=fps, ncols=ncols)
+    if out_dir:
+        for i, clip in enumerate(got.images):
+            suffix = f"_class{int(got.labels[i])}" if got.labels is not None else ""
+            write_video(Path(out_dir) / f"{i:06d}{suffix}.gif", clip, fps=fps)

@@ -171,7 +171,7 @@ def pipeline_from_pretrained(cls, model_dir, *, autoencoder: str | None, device,
         )
     ae = _load_autoencoder(str(ae_spec), None, device)
     side_h, side_w = cfg.input_size
+    shape = (cfg.in_channels, cfg.num_frames, side_h, side_w) if cfg.is_video else (cfg.in_channels, side_h, side_w)
     sampling = spec.get("sampling") or OFFICIAL_SAMPLING
     info = {"source": str(model_dir), "converted_from": cfg.extra.get("converted_from")}
-    return cls(model, process, ae, condition, (cfg.in_channels, side_h, side_w),
-               defaults=SamplingDefaults(**sampling), device=device, info=info)
+    return cls(model, process, ae, condition, shape, defaults=SamplingDefaults(**sampling), device=device, info=info)

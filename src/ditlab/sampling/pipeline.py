@@ -117,6 +117,11 @@ class Pipeline:
         self.device = torch.device(device)
         self.info = dict(info or {})
 
+    @property
+    def is_video(self) -> bool:
+        """The model makes clips: latents (C, F, h, w), ``Samples.images`` uint8 (N, F, H, W, C)."""
+        return len(self.latent_shape) == 4
+
     # ------------------------------------------------------------------ building
     @classmethod
     def from_run(cls, run_dir, *, ema: bool = True, device: torch.device | str = "cpu",
@@ -292,7 +297,7 @@ class Pipeline:
             "condition": cond["kind"],
             "class_names": cond.get("class_names"),
             "latent_shape": list(self.latent_shape),
-            "video": len(self.latent_shape) == 4,
+            "video": self.is_video,
             "process": self.process.kind,
             "samplers": list(self.process.samplers),
             "defaults": {**self.defaults.to_dict(), "sampler": self.defaults.sampler or self.process.default_sampler},

@@ -29,6 +29,8 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
     t0 = time.perf_counter()
     got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
     seconds = time.perf_counter() - t0
+    if pipe.is_video:  # clips: a grid video and, for the moving digits, the video demo's figures
+        return _evaluate_video(run_dir, config, pipe, got, seconds)
     classes = pipe.condition.num_classes if pipe.condition.kind == "class" else 1
     per_class = max(1, num // classes)
     show = np.concatenate([got.images[i * per_class : i * per_class + 10] for i in range(classes)])
@@ -50,9 +52,35 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
     return result
 
 
+def _evaluate_video(run_dir: Path, config, pipe, got, seconds: float) -> dict:
+    from ditlab.training.video_eval import (
+        VIDEO_BAR,
+        is_moving_digits,
+        meets_video_bar,
+        moving_digit_scores,
+        write_grid_video,
+    )
+
+    grid = write_grid_video(got.images, got.labels, run_dir / "samples" / "final_grid.gif")
+    result = {"step": pipe.info["step"], "sampler": got.settings["sampler"], "sample_steps": got.settings["steps"],
+              "cfg_scale": got.settings["cfg_scale"], "sampling_seconds": round(seconds, 2), "grid": str(grid)}
+    if is_moving_digits(config) and got.labels is not None:
+        t0 = time.perf_counter()
+        result.update(moving_digit_scores(pipe, got.images, got.labels, config))
+        result["scoring_seconds"] = round(time.perf_counter() - t0, 2)
+        result["bar"] = VIDEO_BAR
+        result["meets_bar"] = meets_video_bar(result)
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
+
+
 def format_metrics(result: dict) -> str:
     """The lines printed at the end of `ditlab train`."""
     lines = [f"sample grid: {result['grid']}"]
+    if "direction_accuracy" in result:
+        from ditlab.training.video_eval import format_video_scores
+
+        lines.append(format_video_scores(result))
     if "accuracy" in result:
         lines.append(
             f"MNIST classifier accuracy {result['accuracy']:.1%} (bar >= 95%); Frechet distance "

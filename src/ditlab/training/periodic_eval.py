@@ -157,6 +157,10 @@ def sample_grid(run, path: Path) -> Path | None:
     else:
         got = pipe(num=per, batch_size=run.config.eval_batch_size)
     torch.set_rng_state(rng_state)
+    if got.images.ndim == 5:  # clips: one film strip (the frames in a row) per sample
+        n, f = got.images.shape[:2]
+        rows = list(got.descriptions) if kind != "none" else None
+        return save_grid(got.images.reshape(n * f, *got.images.shape[2:]), path, ncols=f, row_labels=rows)
     rows = [got.descriptions[i] for i in range(0, len(got.descriptions), per)] if kind != "none" else None
     return save_grid(got.images, path, ncols=per, row_labels=rows)
 

@@ -40,8 +40,8 @@ def build_process(config: TrainConfig):
 
 
 def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: Condition, process) -> nn.Module:
-    """The DiT for latents of shape (C, H, W), with the output channels the process needs and the
-    embedders the condition needs."""
+    """The DiT for latents of shape (C, H, W) (a video DiT for (C, F, H, W)), with the output channels the
+    process needs and the embedders the condition needs."""
     from ditlab.models import create_model
 
     overrides: dict[str, Any] = {}
@@ -49,7 +49,10 @@ def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: C
         value = getattr(config, key)
         if value is not None:
             overrides[key] = value
-    c, h, w = latent_shape
+    if len(latent_shape) == 4:  # a clip: (C, F, h, w)
+        overrides.update(num_frames=latent_shape[1], layout=config.video_layout,
+                         temporal_patch_size=config.temporal_patch_size, rope=config.rope)
+    c, h, w = latent_shape[0], latent_shape[-2], latent_shape[-1]
     return create_model(
         config.model,
         input_size=(h, w),
@@ -68,6 +71,7 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
     """``pixel``, a saved autoencoder (path or hub id), or ``auto``: ditlab's KL-VAE trained on this data
     once and kept in ``RUN_DIR/autoencoder`` (reused on resume)."""
     from ditlab.autoencoders import load_autoencoder, train_autoencoder
+    from ditlab.data import is_video_dataset, video_frames
 
     channels = getattr(dataset, "channels", None)
     if config.autoencoder != "auto":
@@ -81,7 +85,7 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
         f"{config.vae_latent_channels} latent channels, {config.vae_steps} steps) -> {target}"
     )
     return train_autoencoder(
-        dataset,
+        video_frames(dataset) if is_video_dataset(dataset) else dataset,  # an image VAE, scaled on frames
         target,
         downsample=config.vae_downsample,
         latent_channels=config.vae_latent_channels,
@@ -107,11 +111,15 @@ def autoencoder_spec(config: TrainConfig) -> str:
 @torch.no_grad()
 def encode_in_memory(autoencoder, images_uint8: torch.Tensor, device: torch.device, batch_size: int = 500,
                      sample: bool = False) -> torch.Tensor:
-    """Encode a whole uint8 (N, C, H, W) tensor to latents (N, c, h, w), batch by batch, on ``device``."""
+    """Encode a whole uint8 (N, C, H, W) tensor to latents (N, c, h, w), batch by batch, on ``device``;
+    videos (N, C, F, H, W) frame by frame to (N, c, F, h, w), ``batch_size`` frames at a time."""
+    from ditlab.autoencoders import encode_frames
+
+    step = max(1, batch_size // images_uint8.shape[2]) if images_uint8.dim() == 5 else batch_size
     out = []
-    for start in range(0, images_uint8.shape[0], batch_size):
-        chunk = images_uint8[start : start + batch_size].to(device).float() / 127.5 - 1.0  # [-1, 1]
-        out.append(autoencoder.encode(chunk, sample=sample).float().cpu())
+    for start in range(0, images_uint8.shape[0], step):
+        chunk = images_uint8[start : start + step].to(device).float() / 127.5 - 1.0  # [-1, 1]
+        out.append(encode_frames(autoencoder, chunk, sample=sample).float().cpu())
     return torch.cat(out)
 
 
@@ -131,7 +139,8 @@ def cached_latents(config: TrainConfig, dataset, autoencoder, run_dir: Path, dev
             pass  # damaged or stale cache: encode again below
         log("latent cache does not match the autoencoder: encoding again")
     images, _ = dataset.tensors()
-    log(f"encoding {images.shape[0]} images to latents once (cached in {path}) ...")
+    what = f"{images.shape[0]} videos of {images.shape[2]} frames" if images.dim() == 5 else f"{images.shape[0]} images"
+    log(f"encoding {what} to latents once (cached in {path}) ...")
     latents = encode_in_memory(autoencoder, images, device, sample=config.vae_sample_posterior)
     tensors = {"latents": latents.contiguous(), "identity": torch.tensor(list(identity.encode()), dtype=torch.uint8)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
@@ -156,10 +165,11 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     """Dataset or latent cache -> condition, its records, autoencoder and the resumable batch source."""
     if config.latents:
         return _cache_data(config, info, local_batch, device)
+    from ditlab.autoencoders import encode_frames
     from ditlab.data import build_dataset
     from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
 
-    dataset = build_dataset(config.data, config.image_size, flip=False)
+    dataset = build_dataset(config.data, config.image_size, flip=False, **video_options(config))
     condition = condition_for_dataset(dataset, config.condition)
     records = condition.records(dataset.metas())
     if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
@@ -182,10 +192,16 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
         source = FolderSource(dataset, records, autoencoder, order, info.rank, local_batch, device,
                               config.num_workers, flip, config.vae_sample_posterior)
         with torch.no_grad():
-            probe = autoencoder.encode(dataset_probe(dataset).to(device))
+            probe = encode_frames(autoencoder, dataset_probe(dataset).to(device))
         latent_shape = tuple(probe.shape[1:])
     return RunData(source, autoencoder, condition, latent_shape, int(getattr(dataset, "channels", 3)),
                    autoencoder_spec(config), dataset)
+
+
+def video_options(config: TrainConfig) -> dict[str, int | None]:
+    """``build_dataset``'s video options from the config (0 = the dataset's default)."""
+    return {"num_frames": config.num_frames or None, "frame_stride": config.frame_stride,
+            "num_digits": config.num_digits or None, "num_videos": config.num_videos or None}
 
 
 def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: torch.device) -> RunData:
@@ -198,8 +214,10 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
     spec = cache.index.autoencoder_source if config.autoencoder == "auto" else config.autoencoder
     autoencoder = load_autoencoder(spec).to(device)
     latent_shape = tuple(cache.index.latent_shape)
-    expected = (autoencoder.latent_channels, config.image_size // autoencoder.downsample,
-                config.image_size // autoencoder.downsample)
+    side = config.image_size // autoencoder.downsample
+    expected: tuple[int, ...] = (autoencoder.latent_channels, side, side)
+    if len(latent_shape) == 4:  # a cache of clips: (C, F, h, w), F as extracted unless --num_frames says otherwise
+        expected = (autoencoder.latent_channels, config.num_frames or latent_shape[1], side, side)
     cache.check_compatible(autoencoder.identity(), config.image_size, expected)
     condition = cache.condition()
     if config.condition == "none" and condition.kind != "none":
@@ -207,14 +225,17 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
 
         condition = NoCondition()
     order = BatchOrder(len(cache), config.global_batch_size, config.seed)
-    flip = True if config.flip is None else config.flip
+    from ditlab.data import VIDEO_BUILTINS
+
+    # moving digits are never mirrored unless asked (a mirrored digit is no digit, and left would become right)
+    flip = (cache.index.dataset not in VIDEO_BUILTINS) if config.flip is None else config.flip
     records: Records = cache.records if condition.kind != "none" else {}
     source = CacheSource(cache, records, order, info.rank, local_batch, device, flip=flip)
     return RunData(source, autoencoder, condition, latent_shape, int(autoencoder.image_channels), spec)
 
 
 def dataset_probe(dataset) -> torch.Tensor:
-    """One readable image of the dataset as a (1, C, H, W) batch (to learn the latent shape)."""
+    """One readable image (clip) of the dataset as a (1, C, H, W) ((1, C, F, H, W)) batch, for the latent shape."""
     for i in range(min(len(dataset), 64)):
         item = dataset[i]
         if item is not None:
