@@ -91,6 +91,29 @@ CASES = [
     ("sample-checkpoint-of-another-model", ["sample", "{w}/run-other", "--out", "{w}/new.png"], "another model"),
     ("sample-missing-autoencoder", ["sample", "{w}/run-no-ae", "--out", "{w}/new.png"], "not found"),
     ("sample-damaged-meta", ["sample", "{w}/run-meta", "--out", "{w}/new.png"], "damaged meta.json"),
+    # --- video
+    ("train-video-folder-unreadable", [*T, "--data", "{w}/badvideos", "--num_frames", "4", "--run_dir", "{w}/new14"],
+     "none of the 2 videos"),
+    ("train-video-clips-too-short", [*T, "--data", "{w}/shortvideos", "--num_frames", "8", "--run_dir", "{w}/new15"],
+     "no clip in"),
+    ("train-frames-vs-temporal-patch", ["train", "--preset", "moving-mnist-tiny", "--temporal_patch_size", "3",
+                                        "--run_dir", "{w}/new16"],
+     "num_frames 4 is not divisible by temporal_patch_size 3"),
+    ("train-default-frames-vs-temporal-patch", ["train", "--preset", "moving-mnist-tiny", "--num_frames", "0",
+                                                "--temporal_patch_size", "3", "--run_dir", "{w}/new17"],
+     "8 frames are not divisible by the temporal patch size 3"),
+    ("train-moving-digits-flipped", ["train", "--preset", "moving-mnist-tiny", "--flip", "true", "--run_dir",
+                                     "{w}/new18"], "cannot be flipped"),
+    ("train-moving-digits-small-canvas", ["train", "--preset", "moving-mnist-tiny", "--image_size", "32", "--run_dir",
+                                          "{w}/new19"], "at least 34 px"),
+    ("sample-video-as-png", ["sample", "{w}/run-video", "--out", "{w}/new.png"], "cannot write a video as '.png'"),
+    ("sample-video-unknown-extension", ["sample", "{w}/run-video", "--out", "{w}/new.avi"],
+     "cannot write a video as '.avi'"),
+    ("sample-image-model-as-video", ["sample", "{w}/run", "--out", "{w}/new.gif"],
+     "this model makes images, not videos"),
+    ("sample-video-zero-fps", ["sample", "{w}/run-video", "--fps", "0"], "--fps must be positive"),
+    ("extract-video-folder-unreadable", ["extract-latents", "{w}/badvideos", "--autoencoder", "pixel", "--image-size",
+                                         "8", "--num-frames", "4", "--out", "{w}/c5"], "none of the 2 videos"),
     # --- eval
     ("eval-empty-folder", ["eval", "{w}/empty", "{w}/images"], "holds 0 image(s)"),
     ("eval-corrupt-image", ["eval", "{w}/corrupt", "{w}/images"], "cannot read image"),
@@ -182,6 +205,15 @@ def world(tmp_path_factory) -> Iterator[Path]:
     no_ae_meta = ckpt.latest_checkpoint(no_ae) / "meta.json"  # where sampling looks for the autoencoder
     no_ae_meta.write_text(json.dumps({**json.loads(no_ae_meta.read_text()), "autoencoder_spec": str(w / "no-ae")}))
     (_damaged_copy(run, "run-config") / "config.json").write_text("{not json")
+
+    assert main(["train", "--preset", "moving-mnist-tiny", "--steps", "2", "--ckpt_every", "2", "--run_dir",
+                 str(w / "run-video")]) == 0
+    (w / "badvideos").mkdir()
+    for name in ("a.mp4", "b.gif"):
+        (w / "badvideos" / name).write_bytes(b"not a video at all")
+    from ditlab.data.video_io import write_video
+
+    write_video(w / "shortvideos" / "x.gif", np.zeros((3, 8, 8, 1), np.uint8))
 
     (w / "empty").mkdir()
     (w / "corrupt" / "a").mkdir(parents=True)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ditlab.conditioning import Condition, Records, condition_for_dataset
 from ditlab.config import TrainConfig
-from ditlab.errors import UserError
+from ditlab.errors import ConfigError, UserError
 from ditlab.files import atomic_write
 from ditlab.sampling.loading import RUN_AUTOENCODER_DIR, RUN_CONDITION_DIR
 from ditlab.training.distributed import DistInfo, barrier
@@ -166,10 +166,17 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     if config.latents:
         return _cache_data(config, info, local_batch, device)
     from ditlab.autoencoders import encode_frames
-    from ditlab.data import build_dataset
+    from ditlab.data import VIDEO_BUILTINS, build_dataset
     from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
 
+    if config.flip and config.data in VIDEO_BUILTINS:
+        raise ConfigError("moving digits cannot be flipped (a mirrored digit is no digit, and left would become "
+                          "right): drop --flip")
     dataset = build_dataset(config.data, config.image_size, flip=False, **video_options(config))
+    frames = int(getattr(dataset, "num_frames", 0) or 0)
+    if frames % config.temporal_patch_size:  # before an autoencoder trains for a model that cannot be built
+        raise ConfigError(f"{frames} frames are not divisible by the temporal patch size {config.temporal_patch_size}:"
+                          f" pass --num_frames with a multiple of it")
     condition = condition_for_dataset(dataset, config.condition)
     records = condition.records(dataset.metas())
     if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
