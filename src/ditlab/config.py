@@ -49,6 +49,8 @@ class TrainConfig:
     video_layout: str = opt("interleaved", "video model: interleaved spatial/temporal blocks | full 3-D attention")
     temporal_patch_size: int = opt(1, "video model: frames per token (1: per-frame patches, > 1: tubelets)")
     rope: bool = opt(False, "video model: 3-D rotary positions in attention instead of sin-cos")
+    image_steps: int = opt(0, "video: train the first N steps on the clips' frames as independent images "
+                              "(temporal blocks idle), then on clips: an image model extended to video in one run")
     # --- autoencoder (latent space) ---
     autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
     vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")
@@ -377,6 +379,7 @@ def validate(c: TrainConfig) -> None:
     need(c.video_layout in ("interleaved", "full"),
          f"unknown video_layout '{c.video_layout}': choose interleaved or full")
     need(c.temporal_patch_size >= 1, f"temporal_patch_size must be >= 1, got {c.temporal_patch_size}")
+    need(c.image_steps >= 0, f"image_steps must be >= 0, got {c.image_steps}")
     need(not c.num_frames or c.num_frames % c.temporal_patch_size == 0,
          f"num_frames {c.num_frames} is not divisible by temporal_patch_size {c.temporal_patch_size}: "
          "use a multiple of it")

@@ -68,3 +68,19 @@ def video_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("video") / "run"
     assert main([*TINY, "--run_dir", str(run), "--steps", "2"]) == 0
     return run
+
+
+def test_image_steps_train_frames_first_then_clips_and_resume_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = [*TINY, "--image_steps", "3", "--keep_last", "5"]
+    assert main([*args, "--run_dir", str(straight)]) == 0
+    first = load_weights(straight / "checkpoints" / "step_0000003" / "model.safetensors")
+    temporal = [k for k in first if k.startswith("temporal_blocks.")]
+    assert temporal and all(not first[k].any() for k in temporal if "adaLN_modulation" in k)  # still zero-gated
+    assert any(first[k].any() for k in first if k.startswith("blocks.") and "adaLN_modulation" in k)  # images trained
+    end = load_weights(latest_checkpoint(straight) / "model.safetensors")
+    assert any(end[k].any() for k in temporal if "adaLN_modulation" in k)  # then the clips move the temporal blocks
+    assert main([*args, "--run_dir", str(split), "--steps", "2"]) == 0  # stopped inside the image steps
+    assert main([*args, "--run_dir", str(split)]) == 0
+    again = load_weights(latest_checkpoint(split) / "model.safetensors")
+    assert all(torch.equal(end[k], again[k]) for k in end)

@@ -31,6 +31,7 @@ from ditlab.training.distributed import (
 )
 from ditlab.training.ema import EMA
 from ditlab.training.setup import AUTOENCODER_DIR, CONDITION_DIR, build_data, build_model, build_process
+from ditlab.training.video_schedule import FrameSchedule
 
 
 @dataclass
@@ -175,8 +176,13 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
         "sampling": {"sampler": config.sampler or None, "steps": config.sample_steps, "cfg_scale": config.cfg_scale},
     }
     train_model = torch.compile(model) if config.compile else model
-    if info.enabled and not config.fsdp:
-        train_model = wrap_ddp(train_model, info)
+    if config.image_steps:  # a video run's first steps train frames as images (ditlab.training.video_schedule)
+        if not model.config.is_video:
+            raise ConfigError("image_steps trains a video model on frames first: it needs video data "
+                              "(--data moving-mnist, or a folder with --num_frames N)")
+        train_model = FrameSchedule(train_model, config.image_steps, lambda: run.step)  # `run` is made below
+    if info.enabled and not config.fsdp:  # the image steps leave the temporal blocks out
+        train_model = wrap_ddp(train_model, info, find_unused_parameters=bool(config.image_steps))
     run = Run(config=config, run_dir=run_dir, info=info, device=device, process=process, condition=data.condition,
               source=data.source, autoencoder=data.autoencoder, model=model, train_model=train_model, ema=ema,
               optimizer=optimizer, scheduler=scheduler, latent_shape=data.latent_shape, meta=meta,
