@@ -51,6 +51,8 @@ class TrainConfig:
     rope: bool = opt(False, "video model: 3-D rotary positions in attention instead of sin-cos")
     image_steps: int = opt(0, "video: train the first N steps on the clips' frames as independent images "
                               "(temporal blocks idle), then on clips: an image model extended to video in one run")
+    init_from: str = opt("", "video: start from an image DiT (a run directory's EMA weights, or a model folder) "
+                             "with zero-gated temporal blocks")
     # --- autoencoder (latent space) ---
     autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
     vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")

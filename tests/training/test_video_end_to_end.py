@@ -84,3 +84,29 @@ def test_image_steps_train_frames_first_then_clips_and_resume_exactly(tmp_path):
     assert main([*args, "--run_dir", str(split)]) == 0
     again = load_weights(latest_checkpoint(split) / "model.safetensors")
     assert all(torch.equal(end[k], again[k]) for k in end)
+
+
+def test_init_from_an_image_model_folder(tmp_path, capsys):
+    from ditlab.models import create_model, save_pretrained
+    from ditlab.training.setup import init_from
+
+    image = create_model("DiT-S/2", input_size=9, in_channels=4, num_classes=80, learn_sigma=False, depth=1,
+                         hidden_size=32, num_heads=2, patch_size=3, timestep_scale=1000.0)
+    with torch.no_grad():
+        for p in image.parameters():
+            p.add_(torch.randn(p.shape) * 0.02)
+    save_pretrained(image, tmp_path / "image")
+    from ditlab.models import model_from_config
+
+    video = model_from_config({**image.config.to_dict(), "num_frames": 4})
+    init_from(video, str(tmp_path / "image"))
+    own = video.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in image.state_dict().items())
+    assert all(not v.any() for k, v in own.items() if k.startswith("temporal_blocks.") and "adaLN_modulation" in k)
+    # the same through `ditlab train`: the run starts from the image weights (a mismatch would be refused)
+    image_dir = str(tmp_path / "image")
+    assert main([*TINY, "--run_dir", str(tmp_path / "run"), "--steps", "1", "--init_from", image_dir]) == 0
+    capsys.readouterr()
+    assert main([*TINY, "--run_dir", str(tmp_path / "run2"), "--steps", "1", "--depth", "2",
+                 "--init_from", str(tmp_path / "image")]) == 2
+    assert "does not fit this video model" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from ditlab.training.distributed import (
     wrap_ddp,
 )
 from ditlab.training.ema import EMA
-from ditlab.training.setup import AUTOENCODER_DIR, CONDITION_DIR, build_data, build_model, build_process
+from ditlab.training.setup import AUTOENCODER_DIR, CONDITION_DIR, build_data, build_model, build_process, init_from
 from ditlab.training.video_schedule import FrameSchedule
 
 
@@ -153,6 +153,8 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
         data.condition.save(run_dir / CONDITION_DIR)  # e.g. cached text features, for sampling later
 
     model = build_model(config, data.latent_shape, data.condition, process).to(device)
+    if config.init_from and ckpt.latest_checkpoint(run_dir) is None:  # a fresh video run from an image model
+        init_from(model, config.init_from)
     ema = EMA(model, decay=config.ema_decay, warmup=config.ema_warmup)
     if config.fsdp:  # the EMA is sharded like the model, so its update stays a local lerp of shards
         fsdp_shard(model, info)

@@ -241,6 +241,35 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
     return RunData(source, autoencoder, condition, latent_shape, int(autoencoder.image_channels), spec)
 
 
+def init_from(model: nn.Module, spec: str) -> None:
+    """Load an image DiT's weights (``image_weights``) into a fresh video model; its temporal blocks stay
+    zero-gated, so it starts as the image model applied frame by frame."""
+    from ditlab.models.video import load_image_weights
+
+    if not model.config.is_video:
+        raise ConfigError("init_from starts a video model from an image model: it needs video data "
+                          "(--data moving-mnist, or a folder with --num_frames N)")
+    load_image_weights(model, image_weights(spec))
+
+
+def image_weights(spec: str) -> dict[str, torch.Tensor]:
+    """The weights of an image DiT to start a video run from: a run directory (its latest EMA weights) or a
+    model folder (``model.safetensors``)."""
+    from ditlab.errors import CheckpointError
+    from ditlab.sampling.loading import is_run_dir
+    from ditlab.training.checkpoint import latest_checkpoint, load_weights
+
+    path = Path(spec).expanduser()
+    if is_run_dir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"--init_from run '{path}' has no checkpoint yet: train it first")
+        return load_weights(latest / "ema.safetensors")
+    if (path / "model.safetensors").is_file():
+        return load_weights(path / "model.safetensors")
+    raise CheckpointError(f"--init_from '{path}' is neither a run directory nor a model folder: pass one of those")
+
+
 def dataset_probe(dataset) -> torch.Tensor:
     """One readable image (clip) of the dataset as a (1, C, H, W) ((1, C, F, H, W)) batch, for the latent shape."""
     for i in range(min(len(dataset), 64)):
