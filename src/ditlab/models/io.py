@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from ditlab.errors import CheckpointError
-from ditlab.models.dit import DiT
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_pretrained(model: DiT, directory: str | os.PathLike, *, state_dict: dict[str, Tensor] | None = None) -> Path:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *,
+                    state_dict: dict[str, Tensor] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
     ``state_dict`` replaces the model's own weights (e.g. EMA weights). Files are written under
@@ -37,7 +37,7 @@ def save_pretrained(model: DiT, directory: str | os.PathLike, *, state_dict: dic
     return out
 
 
-def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> DiT:
+def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from ``config.json`` and load ``model.safetensors`` strictly.
 
     Returns the model in eval mode (no label dropout), ready for inference; call ``.train()`` to train it.
