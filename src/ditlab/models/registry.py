@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ditlab.errors import ModelError
+from ditlab.models import mmdit, uvit  # noqa: F401  (the designs with backbones of their own register here)
 from ditlab.models.config import REGISTRY, DiTConfig, config_for
 from ditlab.models.designs import DESIGN_MODELS, DESIGNS
 from ditlab.models.dit import DiT
