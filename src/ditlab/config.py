@@ -36,6 +36,8 @@ class TrainConfig:
     # --- data ---
     data: str = opt("mnist", "mnist | digits | path to an image folder (class subfolders or flat)")
     image_size: int = opt(32, "side of the square training images in pixels")
+    buckets: str = opt("", "image folders: aspect-ratio buckets, each batch one size: auto (sizes near image_size^2 "
+                           "in area) or HxW,HxW,... in pixels; \"\" = square centre crops")
     flip: bool | None = opt(None, "random horizontal flips (default: on for folders, off for digits)")
     num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
     latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
@@ -55,8 +57,13 @@ class TrainConfig:
     hidden_size: int | None = opt(None, "override the model's width")
     num_heads: int | None = opt(None, "override the model's attention heads")
     patch_size: int | None = opt(None, "override the model's patch size")
-    block: str = opt("adaLN-Zero", "block design: adaLN-Zero | adaLN | cross-attention | in-context")
+    block: str = opt("adaLN-Zero", "block design of DiT names: adaLN-Zero | adaLN | cross-attention | in-context | "
+                                   "adaLN-Zero-in-context | mmdit | u-vit (MMDiT-*, U-ViT-*, SD3-medium bring their "
+                                   "own unless this names another)")
     qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
+    pos_embed: str = opt("sincos", "token positions: sincos (2-D sin-cos added to the patches) | rope (2-D rotary)")
+    pos_scale: float = opt(1.0, "position coordinates divided by this (PixArt-α's interpolation scale)")
+    pos_interpolate: bool = opt(False, "every grid's positions span the default grid's range (PixArt-α's base size)")
     cond_dropout_prob: float = opt(0.1, "probability of dropping the condition (label or caption) for guidance")
     # --- process ---
     process: str = opt("ddpm", "ddpm | flow")
@@ -66,6 +73,8 @@ class TrainConfig:
     learn_sigma: bool = opt(True, "ddpm: learn the reverse variance (hybrid loss)")
     time_sampling: str = opt("logit_normal", "flow: training time density: uniform | logit_normal | mode")
     shift: float = opt(1.0, "flow: SD3 time shift (1 = none)")
+    shift_base: int = opt(0, "flow: latent side at which --shift holds; h x w latents use shift*sqrt(hw)/shift_base "
+                             "(SD3's resolution-dependent shift; 0 = one shift for every size)")
     # --- optimisation ---
     steps: int = opt(4000, "training steps (raise it and rerun to train further)", resumable=True)
     global_batch_size: int = opt(128, "images per step over all processes")
@@ -335,6 +344,14 @@ def validate(c: TrainConfig) -> None:
     need(c.autocast in ("none", "bf16", "fp16"), f"autocast must be none, bf16 or fp16, got '{c.autocast}'")
     need(c.process in ("ddpm", "flow"), f"unknown process '{c.process}': choose ddpm or flow")
     need(bool(c.data) or bool(c.latents), "no training data: pass --data PATH (or mnist, digits) or --latents CACHE")
+    need(c.pos_embed in ("sincos", "rope"), f"unknown pos_embed '{c.pos_embed}': choose sincos or rope")
+    need(c.pos_scale > 0, f"pos_scale must be > 0, got {c.pos_scale}")
+    need(c.shift_base >= 0, f"shift_base must be >= 0 (0 = no resolution shift), got {c.shift_base}")
+    if c.buckets:
+        from ditlab.data.buckets import parse_buckets
+
+        parse_buckets(c.buckets, c.image_size, 1)  # the syntax now; divisibility once the geometry is known
+        need(not c.latents, "--buckets needs image files (--data FOLDER): a latent cache holds one size")
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

@@ -188,6 +188,31 @@ class Pipeline:
             return self.condition.prompts([negative_prompt] * n)
         return self.condition.null(n)
 
+    # ------------------------------------------------------------------ sizes
+    def latent_shape_at(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """The latent shape of samples ``height`` x ``width`` pixels (None: the pipeline's default size); a
+        one-line UserError for a size the model cannot take (not whole patches of latents, or beyond its
+        position table)."""
+        if height is None and width is None:
+            return self.latent_shape
+        down = int(getattr(self.autoencoder, "downsample", 1) or 1)
+        cfg = getattr(self.model, "config", None)
+        patch = int(getattr(cfg, "patch_size", 1))
+        step = down * patch
+        default_h, default_w = self.latent_shape[-2] * down, self.latent_shape[-1] * down
+        sides = {"--height": default_h if height is None else int(height),
+                 "--width": default_w if width is None else int(width)}
+        for flag, side in sides.items():
+            if side < step or side % step:
+                near = max(step, round(side / step) * step)
+                raise UserError(f"{flag} {side} is not a multiple of {step} (patch {patch} x autoencoder "
+                                f"downsampling {down}): use e.g. {near}")
+        limit = int(getattr(cfg, "pos_max_size", 0) or 0)
+        if limit and max(sides.values()) // step > limit:
+            raise UserError(f"{sides['--height']}x{sides['--width']} exceeds this model's position table of {limit} "
+                            f"patches per side: use at most {limit * step} pixels per side")
+        return (*self.latent_shape[:-2], sides["--height"] // down, sides["--width"] // down)
+
     # ------------------------------------------------------------------ generating
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (N, C, h, w) or (N, C, F, h, w) -> uint8 (N, H, W, C) or (N, F, H, W, C)."""
@@ -206,6 +231,7 @@ class Pipeline:
         sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
         negative_prompt: str | None = None, batch_size: int = 64,
         callback: Callable[[StepInfo], Any] | None = None, decode: bool = True, return_latents: bool = False,
+        height: int | None = None, width: int | None = None,
     ) -> Samples:
         """Generate ``num`` samples (default: one per label / prompt).
 
@@ -220,11 +246,14 @@ class Pipeline:
             callback: called with a ``StepInfo`` after every solver step; returning ``CANCEL`` or raising
                 ``GenerationCancelled`` stops the generation (``GenerationCancelled`` is raised).
             decode / return_latents: what ``Samples`` holds.
+            height / width: the sample size in pixels (default: the pipeline's); any multiple of patch x
+                autoencoder downsampling the model takes (``latent_shape_at``).
         """
         from ditlab.diffusion import per_sample_generators, per_sample_noise
 
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
+        shape = self.latent_shape_at(height, width)
         if cond is not None:
             n = next(iter(cond.values())).shape[0] if cond else (num or 1)
             descriptions = self.condition.describe(cond) or [""] * n
@@ -252,7 +281,7 @@ class Pipeline:
         for b, start in enumerate(batches):
             stop = min(start + batch_size, n)
             idx = indices[start:stop]
-            noise = per_sample_noise(self.latent_shape, [noise_seed(seed, i) for i in idx]).to(self.device)
+            noise = per_sample_noise(shape, [noise_seed(seed, i) for i in idx]).to(self.device)
             generators = per_sample_generators([solver_seed(seed, i) for i in idx])
             step_callback = None
             if callback is not None:
@@ -270,6 +299,8 @@ class Pipeline:
                 latents_out.append(latents.float().cpu())
         settings = {"sampler": sampler, "steps": steps, "cfg_scale": cfg, "seed": seed,
                     "negative_prompt": negative_prompt}
+        if shape != self.latent_shape:
+            settings["latent_shape"] = list(shape)
         return Samples(
             images=np.concatenate(images) if decode else None,
             latents=torch.cat(latents_out) if return_latents else None,

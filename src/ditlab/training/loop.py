@@ -157,7 +157,8 @@ def _loop(run: Run, log) -> TrainResult:
         while run.step < config.steps:
             x0, records = run.source.next()
             # t, noise, condition dropout and option choice drawn for the global batch, this rank's rows kept
-            draws = draw_step(run.process, config.seed, run.step, config.global_batch_size, run.latent_shape,
+            # (the batch's own latent shape: every batch of a bucketed run is one of its sizes)
+            draws = draw_step(run.process, config.seed, run.step, config.global_batch_size, tuple(x0.shape[1:]),
                               device, drop_prob).local(info.rank * local_batch, x0.shape[0])
             cond = run.condition.drop(run.condition.batch(records, draws.choice), draws.drop)
             loss = run.process.training_loss(net, x0, cond, t=draws.t, noise=draws.noise).mean()

@@ -172,6 +172,7 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
         "autoencoder_spec": data.autoencoder_spec,
         "process": process.to_dict(),
         "condition": data.condition.to_dict(),
+        "buckets": data.buckets,  # aspect-ratio buckets (H, W) of a bucketed run, default size first; else None
         "sampling": {"sampler": config.sampler or None, "steps": config.sample_steps, "cfg_scale": config.cfg_scale},
     }
     train_model = torch.compile(model) if config.compile else model
