@@ -84,6 +84,11 @@ class UViT(nn.Module):
         self.final_conv = nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1) if config.final_conv else None
         self.initialize_weights()
 
+    @property
+    def blocks(self) -> list[UViTBlock]:
+        """Every block in order (first half, middle, second half): the units FSDP shards one by one."""
+        return [*self.in_blocks, *([self.mid_block] if self.mid_block is not None else []), *self.out_blocks]
+
     def initialize_weights(self) -> None:
         """The reference init: truncated N(0, 0.02) linears with zero biases, unit layer norms."""
         for module in self.modules():
