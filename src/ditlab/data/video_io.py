@@ -175,7 +175,7 @@ def rgb_to_gray(frames: np.ndarray) -> np.ndarray:
 def video_grid(videos: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile uint8 videos (N, F, H, W, C) into one video (F, rows*(H+pad)+pad, cols*(W+pad)+pad, C).
 
-    Every frame is laid out as ``ditlab.training.generate.make_grid`` lays out images: ``ceil(sqrt(N))``
+    Every frame is laid out as ``ditlab.sampling.outputs.make_grid`` lays out images: ``ceil(sqrt(N))``
     columns by default, row-major, black borders of ``pad`` px.
     """
     videos = np.asarray(videos)
