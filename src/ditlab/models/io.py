@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ditlab.errors import CheckpointError
+from ditlab.files import atomic_write, atomic_write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -28,12 +29,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *,
     out.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model.state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    tmp_w = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt", "library": "ditlab"})
-    tmp_c = out / (CONFIG_NAME + ".tmp")
-    tmp_c.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    os.replace(tmp_w, out / WEIGHTS_NAME)
-    os.replace(tmp_c, out / CONFIG_NAME)
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt",
+                                                                                       "library": "ditlab"}))
+    atomic_write_json(out / CONFIG_NAME, model.config.to_dict())
     return out
 
 
