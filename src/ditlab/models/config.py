@@ -60,7 +60,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     block: str = "adaLN-Zero"
     qk_norm: bool = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | int = False  # True / -1: every block; N > 0: the first N blocks
     timestep_scale: float = 1.0
     frequency_embedding_size: int = 256
     timestep_freq_shift: float = 0.0  # 0: the paper's embedder; 1: diffusers' DiTTransformer2DModel

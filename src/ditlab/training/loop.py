@@ -94,7 +94,7 @@ def train(config: TrainConfig) -> TrainResult:
     check_launch(config.fsdp)  # the launch, batch split, precision and compiler, before any work
     check_batch_split(config.global_batch_size, launch_world_size())
     autocast_context(config, device)
-    if config.compile:
+    if config.compile or config.compile_blocks:
         check_compile_backend(device)
     info = init_distributed(device, need_group=config.fsdp)
     try:

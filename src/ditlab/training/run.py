@@ -175,6 +175,8 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
         "sampling": {"sampler": config.sampler or None, "steps": config.sample_steps, "cfg_scale": config.cfg_scale},
     }
     train_model = torch.compile(model) if config.compile else model
+    if config.compile_blocks:  # each block compiled in place: parameter names (and checkpoints) unchanged
+        train_model = model.compile_blocks()
     if info.enabled and not config.fsdp:
         train_model = wrap_ddp(train_model, info)
     run = Run(config=config, run_dir=run_dir, info=info, device=device, process=process, condition=data.condition,
