@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluating: {config.eval_num} samples from the EMA model "
               f"({config.sampler or 'default'} sampler, {config.sample_steps} steps, cfg {config.cfg_scale}) ...",
               flush=True)
+        from ditlab.devices import pick_device
+
         with lock_folder(config.run_dir, flag="--run_dir", what="run directory"):  # it writes the run again
-            metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size)
+            metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size,
+                                   device=pick_device(config.device))  # sampled and scored where it trained
         print(format_metrics(metrics))
         print(f"metrics: {config.run_dir}/metrics.json", file=sys.stdout)
     return 0

@@ -16,7 +16,8 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
     score them.
 
     For MNIST runs the score is the independent-classifier accuracy and Frechet distance (see
-    ``ditlab.evaluation.mnist_classifier``); the result is written to ``RUN_DIR/metrics.json``.
+    ``ditlab.evaluation.mnist_classifier``), computed on ``device`` too; the result is written to
+    ``RUN_DIR/metrics.json``.
     """
     from ditlab.config import load_config
     from ditlab.evaluation.mnist_classifier import mnist_sample_metrics
@@ -43,7 +44,7 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
         "grid": str(grid),
     }
     if config.data == "mnist" and got.labels is not None:
-        result.update(mnist_sample_metrics(got.images, got.labels))
+        result.update(mnist_sample_metrics(got.images, got.labels, device=device))
         result["bar"] = {"accuracy_min": 0.95, "frechet_ratio_max": 3.0}
         result["meets_bar"] = bool(result["accuracy"] >= 0.95 and result["frechet_ratio"] <= 3.0)
     atomic_write_json(run_dir / "metrics.json", result)
