@@ -81,6 +81,11 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model", resumable=True)
     compile_blocks: bool = opt(False, "torch.compile each block in place instead (regional: one compiled graph "
                                "serves every block); not measured on a GPU yet", resumable=True)
+    cuda_graphs: bool = opt(False, "one GPU, no fp16: replay each step's forward + loss + backward (and the VAE's, "
+                            "and sampling's network) as a CUDA graph; not measured on a GPU yet", resumable=True)
+    fused_kernels: bool = opt(False, "fused GPU kernels for adaLN norm + modulate, gated residuals and sampling's "
+                              "GELU (ditlab.models.fused); not measured on a GPU yet; CPU numbers unchanged",
+                              resumable=True)
     fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimiser state (FSDP2)",
                      resumable=True)
     max_nonfinite_steps: int = opt(10, "stop after this many non-finite losses in a row", resumable=True)

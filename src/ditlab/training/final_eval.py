@@ -17,18 +17,21 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
 
     For MNIST runs the score is the independent-classifier accuracy and Frechet distance (see
     ``ditlab.evaluation.mnist_classifier``), computed on ``device`` too; the result is written to
-    ``RUN_DIR/metrics.json``.
+    ``RUN_DIR/metrics.json``. The run's opt-in GPU switches (``cuda_graphs``, ``fused_kernels``) apply.
     """
     from ditlab.config import load_config
     from ditlab.evaluation.mnist_classifier import mnist_sample_metrics
+    from ditlab.models import fused
     from ditlab.sampling import Pipeline
     from ditlab.sampling.outputs import save_grid
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
     pipe = Pipeline.from_run(run_dir, device=device)
+    pipe.cuda_graphs = config.cuda_graphs
     t0 = time.perf_counter()
-    got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
+    with fused.use(config.fused_kernels):
+        got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
     seconds = time.perf_counter() - t0
     classes = pipe.condition.num_classes if pipe.condition.kind == "class" else 1
     per_class = max(1, num // classes)
