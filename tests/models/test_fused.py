@@ -150,6 +150,25 @@ def test_fused_paths_stay_off_on_cpu_and_inside_compile(monkeypatch):
     assert not fused._on_gpu(x.to("meta"))
 
 
+def test_a_kernel_that_fails_to_compile_warns_once_and_runs_eagerly(monkeypatch):
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.setattr(fused, "_FAILED", {})
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no C compiler\nmore")
+
+    monkeypatch.setattr(fused.torch, "compile", lambda fn, **kw: broken)
+    with pytest.warns(UserWarning, match="gated_residual off, it failed .RuntimeError: no C compiler"):
+        assert fused._run_compiled("gated_residual", fused._gated_residual_fp32) is None
+    assert fused._run_compiled("gated_residual", fused._gated_residual_fp32) is None and calls == [1]
+    assert fused.failures() == {"gated_residual": "RuntimeError: no C compiler"}
+    x, y, _, _, gate = _tensors()
+    monkeypatch.setattr(fused, "_can_fuse", lambda x: True)
+    assert torch.equal(fused.gated_residual(x, gate, y), fused.gated_residual_reference(x, gate, y))
+
+
 def test_out_dtype_follows_autocast_then_promotion():
     x = torch.zeros(2, 3, dtype=torch.bfloat16)
     assert fused._out_dtype(x, torch.zeros(2, dtype=torch.float32)) == torch.float32

@@ -39,6 +39,7 @@ def _from_env(environ=os.environ) -> bool:
 
 _ENABLED_AT_IMPORT = _ENABLED = _from_env()
 _COMPILED: dict[str, Callable] = {}
+_FAILED: dict[str, str] = {}
 
 
 def set_enabled(enabled: bool) -> bool:
@@ -97,23 +98,25 @@ def one_qkv_gemm(x: Tensor) -> bool:
     return _on_gpu(x)
 
 
+def failures() -> dict[str, str]:
+    """The fused kernels that failed to compile or run in this process (name -> error); they run eagerly."""
+    return dict(_FAILED)
+
+
 def _run_compiled(name: str, fn: Callable, *args):
-    """``fn`` compiled (once per process) on ``args``. If compiling fails (no C compiler for Triton's
-    launcher, say): a one-line warning, None, and the eager definitions from then on."""
-    global _ENABLED
-    compiled = _COMPILED.get(name)
-    if compiled is not None:
-        return compiled(*args)
-    compiled = torch.compile(fn, fullgraph=True)
-    try:
-        out = compiled(*args)
-    except Exception as err:  # compilation happens in this first call
-        warnings.warn(f"ditlab: fused GPU kernels off, compiling {name} failed ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0][:200] if str(err) else ''})", stacklevel=3)
-        _ENABLED = False
+    """``fn`` compiled (once per process) on ``args``. If that fails (no C compiler for Triton's launcher,
+    say): a one-line warning, None (the caller runs the eager definition), and eager for ``name`` from then on."""
+    if name in _FAILED:
         return None
-    _COMPILED[name] = compiled
-    return out
+    compiled = _COMPILED.get(name)
+    if compiled is None:
+        compiled = _COMPILED[name] = torch.compile(fn, fullgraph=True)
+    try:
+        return compiled(*args)  # compiles on the first call (and for a new shape: then with dynamic shapes)
+    except Exception as err:
+        _FAILED[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        warnings.warn(f"ditlab: fused GPU kernel {name} off, it failed ({_FAILED[name]})", stacklevel=3)
+        return None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
