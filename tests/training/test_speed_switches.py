@@ -69,3 +69,17 @@ def test_cuda_graphs_apply_to_one_process_without_loss_scaling():
     assert not graphed_step_applies(resolve_config("digits-tiny", overrides={"cuda_graphs": True,
                                                                              "autocast": "fp16"}), one)
     assert not graphed_step_applies(resolve_config("digits-tiny"), one)  # off by default
+
+
+@pytest.mark.slow
+def test_compile_blocks_trains_what_the_eager_model_trains(tmp_path):
+    """--compile_blocks (inductor on the CPU): the same parameter names, weights equal to rounding."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    assert main([*TINY, "--steps", "4", "--run_dir", str(tmp_path / "plain")]) == 0
+    assert main([*TINY, "--steps", "4", "--run_dir", str(tmp_path / "blocks"), "--compile_blocks"]) == 0
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "blocks")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
