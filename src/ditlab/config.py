@@ -85,8 +85,16 @@ class TrainConfig:
     ema_decay: float = opt(0.9999, "EMA decay of the sampling weights")
     ema_warmup: bool = opt(True, "EMA decay min(ema_decay, (1 + step) / (10 + step)) so short runs are usable")
     autocast: str = opt("none", "none | bf16 | fp16 mixed precision (GPU)")
-    grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less memory)", resumable=True)
+    grad_checkpointing: int = opt(0, "blocks recomputed in the backward pass (less memory, more time): 0 none, "
+                                  "N the first N, -1 or the bare flag all", resumable=True)
     compile: bool = opt(False, "torch.compile the model", resumable=True)
+    compile_blocks: bool = opt(False, "torch.compile each block in place instead (regional: one compiled graph "
+                               "serves every block); not measured on a GPU yet", resumable=True)
+    cuda_graphs: bool = opt(False, "one GPU, no fp16: replay each step's forward + loss + backward (and the VAE's, "
+                            "and sampling's network) as a CUDA graph; not measured on a GPU yet", resumable=True)
+    fused_kernels: bool = opt(False, "fused GPU kernels for adaLN norm + modulate, gated residuals and sampling's "
+                              "GELU (ditlab.models.fused); not measured on a GPU yet; CPU numbers unchanged",
+                              resumable=True)
     fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimiser state (FSDP2)",
                      resumable=True)
     max_nonfinite_steps: int = opt(10, "stop after this many non-finite losses in a row", resumable=True)
@@ -206,6 +214,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# int fields that also take a bare flag or true/false (older runs stored them as booleans): the value of "true"
+FLAG_INTS: dict[str, int] = {"grad_checkpointing": -1}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _field_type(name: str) -> tuple[type, bool]:
@@ -252,6 +263,8 @@ def coerce(key: str, value: Any) -> Any:
                 return False
             raise ValueError
         if tp is int:
+            if key in FLAG_INTS and (isinstance(value, bool) or str(value).strip().lower() in _TRUE[1:] + _FALSE[1:]):
+                return FLAG_INTS[key] if str(value).strip().lower() in _TRUE else 0  # the old boolean
             if isinstance(value, bool):
                 raise ValueError
             if isinstance(value, float) and not value.is_integer():
@@ -331,6 +344,10 @@ def validate(c: TrainConfig) -> None:
     need(c.log_every >= 1, f"log_every must be >= 1, got {c.log_every}")
     need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
+    need(c.grad_checkpointing >= -1,
+         f"grad_checkpointing must be -1 (all blocks), 0 (none) or a number of blocks, got {c.grad_checkpointing}")
+    need(not (c.compile and c.compile_blocks),
+         "--compile (the whole model) and --compile_blocks (each block) exclude each other: keep one")
     need(c.eval_num >= 0, f"eval_num must be >= 0, got {c.eval_num}")
     need(c.eval_every >= 0, f"eval_every must be >= 0 (0 = no evaluation during training), got {c.eval_every}")
     need(c.eval_fid_num >= 2, f"eval_fid_num must be >= 2 (statistics need two samples), got {c.eval_fid_num}")
@@ -386,7 +403,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
             i += 1
         else:
             name = key.replace("-", "_")
-            bare_bool = name in FIELDS and _field_type(name)[0] is bool
+            bare_bool = name in FIELDS and (_field_type(name)[0] is bool or name in FLAG_INTS)
             nxt = tokens[i + 1] if i + 1 < len(tokens) else None
             if nxt is None or nxt.startswith("--"):
                 if name.startswith("no_") and name[3:] in FIELDS:

@@ -76,3 +76,27 @@ def test_design_against_the_condition(block, fields, message):
 def test_text_designs_are_the_ones_that_read_tokens():
     assert set(text_designs()) >= {"cross-attention", "in-context", "adaLN-Zero-in-context", "mmdit", "u-vit"}
     assert "adaLN-Zero" not in text_designs()
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("setting", [True, 1])
+def test_checkpointing_some_or_all_blocks_gives_the_same_gradients(name, setting, randomize):
+    """grad_checkpointing N recomputes the first N blocks of every design; outputs and gradients are equal."""
+    extra = {"context_dim": 12, "pooled_dim": 6} if "MMDiT" in name else {}
+    model = randomize(create_model(name, input_size=8, **extra)).train()
+    kw = _inputs(model.config)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        out = model(**kw)
+        out.square().mean().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    out_plain, g_plain = grads()
+    model.set_grad_checkpointing(setting)
+    out_ckpt, g_ckpt = grads()
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
+    assert g_plain.keys() == g_ckpt.keys()
+    for k in g_plain:
+        torch.testing.assert_close(g_ckpt[k], g_plain[k], rtol=1e-6, atol=1e-7)

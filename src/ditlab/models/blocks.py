@@ -13,7 +13,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from ditlab.models.layers import Attention, Mlp, modulate
+from ditlab.models import fused
+from ditlab.models.layers import Attention, Mlp
 
 
 class Block(nn.Module):
@@ -65,10 +66,12 @@ class AdaLNZeroBlock(Block):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c).chunk(6, dim=1)
         )
-        # context_mask: the key mask of x itself when condition tokens ride along (in-context kinds), else None
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), None, context_mask,
-                                                  rope=rope)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # context_mask: the key mask of x itself when condition tokens ride along (in-context kinds), else None;
+        # x + gate * f(norm(x) * (1 + scale) + shift), fused GPU kernels when enabled (models/fused.py)
+        h = self.attn(fused.modulated_layer_norm(x, self.norm1, shift_msa, scale_msa), None, context_mask, rope=rope)
+        x = fused.gated_residual(x, gate_msa, h)
+        h = self.mlp(fused.modulated_layer_norm(x, self.norm2, shift_mlp, scale_mlp))
+        x = fused.gated_residual(x, gate_mlp, h)
         return x  # (N, T, D)
 
 
@@ -90,8 +93,8 @@ class AdaLNBlock(Block):
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
                 context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-        x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=rope)
-        x = x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + self.attn(fused.modulated_layer_norm(x, self.norm1, shift_msa, scale_msa), rope=rope)
+        x = x + self.mlp(fused.modulated_layer_norm(x, self.norm2, shift_mlp, scale_mlp))
         return x  # (N, T, D)
 
 
@@ -188,7 +191,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if self.adaptive:
             shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
-            x = modulate(self.norm_final(x), shift, scale)
+            x = fused.modulated_layer_norm(x, self.norm_final, shift, scale)
         else:
             x = self.norm_final(x)
         return self.linear(x)  # (N, T, p*p*C_out)

@@ -60,7 +60,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     block: str = "adaLN-Zero"
     qk_norm: bool = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | int = False  # True / -1: every block; N > 0: the first N blocks
     timestep_scale: float = 1.0
     frequency_embedding_size: int = 256
     timestep_freq_shift: float = 0.0  # 0: the paper's embedder; 1: diffusers' DiTTransformer2DModel
@@ -158,6 +158,14 @@ class DiTConfig:
                 f"unknown model config keys {unknown}: valid keys are {', '.join(sorted(names))}"
             )
         return cls(**d)
+
+
+def checkpointed_count(setting: bool | int, depth: int) -> int:
+    """How many leading blocks of ``depth`` a ``grad_checkpointing`` setting recomputes in the backward pass:
+    True or -1 every block, N > 0 the first N, False or 0 none."""
+    if setting is True or (not isinstance(setting, bool) and setting < 0):
+        return depth
+    return min(int(setting), depth)
 
 
 def list_models() -> list[str]:

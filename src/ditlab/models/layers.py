@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ditlab.models import fused
+
 
 # ----------------------------------------------------------------------------- positions
 def sincos_1d(dim: int, pos: Tensor) -> Tensor:
@@ -177,7 +179,7 @@ class Attention(nn.Module):
     ) -> Tensor:
         n, t, d = x.shape
         if context is None:
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or fused.one_qkv_gemm(x):  # (the latter: opt-in GPU sampling)
                 q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D): one GEMM, the faster in training
             else:  # sampling: one GEMM per row block of the same weight; same numbers, q/k/v contiguous,
                 # ~5% faster for DiT-B/2 at 256 px on CPU (docs/performance.md)
@@ -214,7 +216,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # act(fc1(x)); with the fused GPU paths on, bias + GELU in the GEMM's epilogue when sampling
+        return self.fc2(fused.linear_gelu(x, self.fc1, self.act))
 
 
 class PatchEmbed(nn.Module):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ditlab.models.blocks import FinalLayer
-from ditlab.models.config import DiTConfig
+from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.designs import register_design
 from ditlab.models.layers import Attention, ConditionMlp, Mlp, PatchEmbed, TimestepEmbedder, apply_rope, modulate
 from ditlab.models.positions import grid_rope, grid_sincos
@@ -170,7 +170,7 @@ class MMDiT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(grid_sincos(self.config, *self.config.grid_size).unsqueeze(0))
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
         """Recompute each block in the backward pass (saves activation memory, same numbers)."""
         self.grad_checkpointing = enabled
         self.config.grad_checkpointing = enabled
@@ -204,8 +204,9 @@ class MMDiT(nn.Module):
             c = c + self.pooled_embedder(pooled)  # (N, D)
         ctx = self.context_embedder(context.to(self.context_embedder.weight.dtype))  # (N, L, D)
         mask = None if context_mask is None else context_mask.bool()
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+        recompute = checkpointed_count(self.grad_checkpointing, len(self.blocks)) if torch.is_grad_enabled() else 0
+        for i, blk in enumerate(self.blocks):
+            if i < recompute:  # the first `recompute` blocks are recomputed in the backward pass
                 x, ctx = checkpoint(blk, x, ctx, c, mask, rope, use_reentrant=False)
             else:
                 x, ctx = blk(x, ctx, c, mask, rope)

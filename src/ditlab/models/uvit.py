@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ditlab.models.config import DiTConfig
+from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.designs import register_design
 from ditlab.models.layers import Attention, ConditionMlp, LabelEmbedder, Mlp, PatchEmbed, timestep_embedding
 from ditlab.models.mmdit import unpatchify
@@ -102,7 +102,7 @@ class UViT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(grid_sincos(self.config, *self.config.grid_size).unsqueeze(0))
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
         """Recompute each block in the backward pass (saves activation memory, same numbers)."""
         self.grad_checkpointing = enabled
         self.config.grad_checkpointing = enabled
@@ -157,8 +157,13 @@ class UViT(nn.Module):
         if mask is not None:
             mask = torch.cat([mask, torch.ones(x.shape[0], gh * gw, dtype=torch.bool, device=mask.device)], dim=1)
 
+        depth = len(self.in_blocks) + len(self.out_blocks) + (self.mid_block is not None)
+        recompute = checkpointed_count(self.grad_checkpointing, depth) if torch.is_grad_enabled() else 0
+        done = [0]  # blocks run so far, in order: the first `recompute` are recomputed in the backward pass
+
         def run(blk: UViTBlock, x: Tensor, skip: Tensor | None) -> Tensor:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            done[0] += 1
+            if done[0] <= recompute:
                 return checkpoint(blk, x, skip, mask, rope, use_reentrant=False)
             return blk(x, skip, mask, rope)
 

@@ -103,11 +103,14 @@ class Pipeline:
         latent_shape: (C, h, w), or (C, F, h, w) for video.
         defaults: sampler, steps and guidance used when a call does not name them.
         info: free-form description (source path, step, class names...) for UIs and logs.
+        cuda_graphs: opt-in (not measured on a GPU yet): on a GPU, each network evaluation of a batch is
+            replayed from a CUDA graph recorded for its shapes (``ditlab.models.cuda_graph.GraphedForward``;
+            the same numbers). Also settable afterwards: ``pipe.cuda_graphs = True``.
     """
 
     def __init__(self, model: nn.Module, process, autoencoder, condition: Condition, latent_shape: Sequence[int],
                  *, defaults: SamplingDefaults | None = None, device: torch.device | str = "cpu",
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, cuda_graphs: bool = False):
         self.model = model
         self.process = process
         self.autoencoder = autoencoder
@@ -116,6 +119,8 @@ class Pipeline:
         self.defaults = defaults or SamplingDefaults()
         self.device = torch.device(device)
         self.info = dict(info or {})
+        self.cuda_graphs = cuda_graphs
+        self._graphed = None  # (model, its GraphedForward), made on first use
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -276,6 +281,7 @@ class Pipeline:
         guided = cfg != 1.0 and self.condition.kind != "none"
         uncond = self._uncond(cond, n, negative_prompt) if guided else None
         self.model.eval()
+        model_fn = self._graphed_model() if self.cuda_graphs else self.model
         batches = list(range(0, n, batch_size))
         images, latents_out = [], []
         for b, start in enumerate(batches):
@@ -287,7 +293,7 @@ class Pipeline:
             if callback is not None:
                 step_callback = self._step_callback(callback, b, len(batches), start)
             latents = self.process.sample(
-                self.model, noise, sampler=sampler, steps=steps,
+                model_fn, noise, sampler=sampler, steps=steps,
                 model_kwargs=cond_to(cond_rows(cond, start, stop), self.device),
                 cfg_scale=cfg if guided else 1.0,
                 uncond_model_kwargs=cond_to(cond_rows(uncond, start, stop), self.device) if guided else None,
@@ -306,6 +312,17 @@ class Pipeline:
             latents=torch.cat(latents_out) if return_latents else None,
             descriptions=list(descriptions), labels=sample_labels, prompts=sample_prompts, settings=settings,
         )
+
+    def _graphed_model(self) -> Callable[..., torch.Tensor]:
+        """``self.model`` called through one GraphedForward (its graphs kept across calls, one per batch shape;
+        CPU tensors run eagerly)."""
+        from ditlab.models.cuda_graph import GraphedForward
+
+        if self._graphed is None or self._graphed[0] is not self.model:  # (a new model: new graphs)
+            model = self.model
+            self._graphed = (model, GraphedForward(lambda x, t, **cond: model(x, t, **cond)))
+        graphed = self._graphed[1]
+        return lambda x, t, **cond: graphed(x=x, t=t, **cond)
 
     def _step_callback(self, callback: Callable[[StepInfo], Any], batch: int, num_batches: int, start: int):
         def on_step(i: int, total: int, x: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> None:

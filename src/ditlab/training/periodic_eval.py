@@ -120,7 +120,7 @@ def ema_pipeline(run, model=None):
     cfg = run.config
     return Pipeline(model if model is not None else run.ema.shadow, run.process, run.autoencoder, run.condition,
                     run.latent_shape, defaults=SamplingDefaults(cfg.sampler or None, cfg.sample_steps, cfg.cfg_scale),
-                    device=run.device)
+                    device=run.device, cuda_graphs=cfg.cuda_graphs)  # opt-in
 
 
 def unsharded_copy(module, device: torch.device):

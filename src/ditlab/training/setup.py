@@ -113,6 +113,7 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
         seed=config.seed,
         progress=True,
         device=device,
+        cuda_graphs=config.cuda_graphs,  # opt-in
     )
 
 
