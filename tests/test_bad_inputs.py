@@ -140,6 +140,10 @@ CASES = [
      "--budget must be >= 1"),
     ("scale-out-in-use", ["scale", "digits", "--models", "DiT-S/2", "--budget", "2", "--out", "{w}/busy",
                           "--image_size", "8", "--autoencoder", "pixel"], "study folder '{w}/busy' " + IN_USE),
+    ("scale-guided-cfg-zero", ["scale", "digits", "--models", "DiT-S/2", "--budget", "10", "--guided-cfg", "0",
+                               "--out", "{w}/scale3"], "--guided-cfg must be > 0"),
+    ("scale-guided-cfg-same", ["scale", "digits", "--models", "DiT-S/2", "--budget", "10", "--cfg_scale", "1",
+                               "--guided-cfg", "1", "--out", "{w}/scale4"], "differ from the study's cfg_scale"),
     # --- convert
     ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
     ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),
