@@ -8,7 +8,7 @@ import torch
 
 from ditlab.errors import ModelError
 from ditlab.models import DiT, VideoDiT, create_model, load_pretrained, model_from_config, save_pretrained
-from ditlab.models.layers import apply_rotary, modulate, sincos_1d, sincos_2d
+from ditlab.models.layers import apply_rope, modulate, sincos_1d, sincos_2d
 from ditlab.models.video import rope_3d, sincos_time, video_from_image
 
 
@@ -48,8 +48,8 @@ def test_rope_3d_angles_per_axis_and_relative_dot_products():
     q, k = torch.randn(head, generator=g), torch.randn(head, generator=g)
 
     def dot(a: int, b: int) -> float:
-        rq = apply_rotary(q[None], cos[a : a + 1], sin[a : a + 1])[0]
-        rk = apply_rotary(k[None], cos[b : b + 1], sin[b : b + 1])[0]
+        rq = apply_rope(q[None], (cos[a : a + 1], sin[a : a + 1]))[0]
+        rk = apply_rope(k[None], (cos[b : b + 1], sin[b : b + 1]))[0]
         assert math.isclose(rq.norm().item(), q.norm().item(), rel_tol=1e-5)
         return float(rq @ rk)
 
@@ -106,7 +106,7 @@ def test_layouts_equal_closed_form_masked_attention(where, randomize):
 
 
 def test_temporal_rope_rotates_by_frame_only(randomize):
-    model = randomize(tiny(rope=True, hidden_size=24, num_heads=2)).double()
+    model = randomize(tiny(pos_embed="rope", hidden_size=24, num_heads=2)).double()
     x, t, y = inputs()
     out = model(x.double(), t.double(), y=y)
     assert out.shape == (2, 2, 4, 4, 4) and torch.isfinite(out).all()
@@ -115,12 +115,12 @@ def test_temporal_rope_rotates_by_frame_only(randomize):
 
 
 # ----------------------------------------------------------------------------- every variant
-VARIANTS = [dict(layout=lay, rope=r, temporal_patch_size=pt) for lay in ("interleaved", "full")
-            for r in (False, True) for pt in (1, 2)]
+VARIANTS = [dict(layout=lay, pos_embed=pe, temporal_patch_size=pt) for lay in ("interleaved", "full")
+            for pe in ("sincos", "rope") for pt in (1, 2)]
 
 
 def _variant_id(v: dict) -> str:
-    return f"{v['layout']}-rope{int(v['rope'])}-pt{v['temporal_patch_size']}"
+    return f"{v['layout']}-{v['pos_embed']}-pt{v['temporal_patch_size']}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
@@ -238,7 +238,7 @@ def test_bad_video_geometry_is_one_line():
     with pytest.raises(ModelError, match="unknown video layout"):
         tiny(layout="divided")
     with pytest.raises(ModelError, match="set num_frames > 0"):
-        create_model("DiT-Test/2", input_size=4, rope=True)
+        create_model("DiT-Test/2", input_size=4, layout="full")
     with pytest.raises(ModelError, match="in-context"):
         tiny(block="in-context")
     model = tiny(temporal_patch_size=2)

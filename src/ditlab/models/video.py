@@ -9,7 +9,7 @@ follows them:
 * **Positions.** The image DiT's 2-D sin-cos over space, added to every frame's tokens, plus a 1-D sin-cos
   over (token) frames: added to the input of every temporal attention (interleaved layout: inside the
   temporal branch, so the residual stream of an image is untouched) or to the tokens (full layout).
-  ``rope=True`` replaces both by 3-D rotary positions in every attention (time, rows and columns get
+  ``pos_embed="rope"`` replaces both by 3-D rotary positions in every attention (time, rows and columns get
   about a third of each head's frequencies; within a frame the time angles cancel, across frames at one
   place the space angles do).
 * **Layouts.** ``interleaved`` (Latte's best variant): after each spatial block (attention within a
@@ -91,11 +91,11 @@ class SpaceTimeBlock(AdaLNZeroBlock):
     ``c`` may have fewer rows than ``x``: each row of ``c`` then serves ``x.shape[0] // c.shape[0]``
     consecutive rows of ``x`` (the frames, or the spatial positions, of one sample), so the modulation is
     computed once per sample. ``pos`` (1, L, D) is added to the attention's input only (not to the
-    residual stream); ``rotary`` are RoPE tables (L, head_dim/2).
+    residual stream); ``rope`` are RoPE tables (L, head_dim/2).
     """
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-                pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                pos: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         mods = self.adaLN_modulation(c)  # (n, 6D)
         if mods.shape[0] != x.shape[0]:
             mods = mods.repeat_interleave(x.shape[0] // mods.shape[0], dim=0)  # (N, 6D)
@@ -103,7 +103,7 @@ class SpaceTimeBlock(AdaLNZeroBlock):
         h = modulate(self.norm1(x), shift_msa, scale_msa)  # (N, L, D)
         if pos is not None:
             h = h + pos
-        x = x + gate_msa.unsqueeze(1) * self.attn(h, rotary=rotary)
+        x = x + gate_msa.unsqueeze(1) * self.attn(h, rope=rope)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x  # (N, L, D)
 
@@ -171,35 +171,35 @@ class VideoDiT(DiT):
         return block(*args, **kwargs)
 
     def _spatial(self, block: nn.Module, x: Tensor, c: Tensor, ctx: Tensor | None, mask: Tensor | None,
-                 rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """Attention within each frame: x (N, F, S, D) -> (N, F, S, D)."""
         n, f, s, d = x.shape
         rows = x.reshape(n * f, s, d)
         if isinstance(block, SpaceTimeBlock):
             out = self._call(block, rows, c, _rows(ctx, f), _rows(mask, f),
-                             rotary=None if rotary is None else (rotary[0][:s], rotary[1][:s]))
+                             rope=None if rope is None else (rope[0][:s], rope[1][:s]))
         else:
             out = self._call(block, rows, _rows(c, f), _rows(ctx, f), _rows(mask, f))
         return out.reshape(n, f, s, d)
 
     def _joint(self, block: nn.Module, x: Tensor, c: Tensor, ctx: Tensor | None, mask: Tensor | None,
-               rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+               rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """Full 3-D attention over all tokens of the clip: x (N, F, S, D) -> (N, F, S, D)."""
         n, f, s, d = x.shape
         if isinstance(block, SpaceTimeBlock):
-            out = self._call(block, x.reshape(n, f * s, d), c, ctx, mask, rotary=rotary)
+            out = self._call(block, x.reshape(n, f * s, d), c, ctx, mask, rope=rope)
         else:
             out = self._call(block, x.reshape(n, f * s, d), c, ctx, mask)
         return out.reshape(n, f, s, d)
 
     def _temporal(self, block: SpaceTimeBlock, x: Tensor, c: Tensor, pos: Tensor | None,
-                  rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+                  rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """Attention across the frames at each spatial position: x (N, F, S, D) -> (N, F, S, D)."""
         n, f, s, d = x.shape
         rows = x.transpose(1, 2).reshape(n * s, f, d)  # (N*S, F, D)
-        if rotary is not None:  # the tokens of spatial position 0 at every frame: time angles only
-            rotary = (rotary[0][::s], rotary[1][::s])
-        rows = self._call(block, rows, c, pos=pos, rotary=rotary)
+        if rope is not None:  # the tokens of spatial position 0 at every frame: time angles only
+            rope = (rope[0][::s], rope[1][::s])
+        rows = self._call(block, rows, c, pos=pos, rope=rope)
         return rows.reshape(n, s, f, d).transpose(1, 2)  # (N, F, S, D)
 
     # ------------------------------------------------------------------ forward
@@ -223,10 +223,10 @@ class VideoDiT(DiT):
         frames, clip = f // pt, f // pt - num_images  # token frames; those forming the video clip
         x = self._embed(x)  # (N, F', S, D)
         c, ctx, mask = self.embed_condition(t, y, context, context_mask, pooled)
-        rotary = pos_t = None
-        if self.config.rope:
-            rotary = rope_3d(self.config.hidden_size // self.config.num_heads, max(clip, 1), gh, gw)
-            rotary = (rotary[0].to(x.device), rotary[1].to(x.device))
+        rope = pos_t = None
+        if self.config.pos_embed == "rope":
+            rope = rope_3d(self.config.hidden_size // self.config.num_heads, max(clip, 1), gh, gw)
+            rope = (rope[0].to(x.device), rope[1].to(x.device))
         else:
             x = x + self._positions(gh, gw, x)[:, None]  # (1, 1, S, D): every frame, as the image model
             pos_t = sincos_time(self.config.hidden_size, clip).to(x)[None]  # (1, F_clip, D)
@@ -235,13 +235,13 @@ class VideoDiT(DiT):
             x = torch.cat([x[:, :clip] + pos_t[:, :, None], x[:, clip:]], dim=1)
         for i, block in enumerate(self.blocks):
             if full and clip > 1:  # the clip attends as one sequence, the images each within themselves
-                video = self._joint(block, x[:, :clip], c, ctx, mask, rotary)
+                video = self._joint(block, x[:, :clip], c, ctx, mask, rope)
                 x = video if clip == frames else torch.cat(
-                    [video, self._spatial(block, x[:, clip:], c, ctx, mask, rotary)], dim=1)
+                    [video, self._spatial(block, x[:, clip:], c, ctx, mask, rope)], dim=1)
             else:
-                x = self._spatial(block, x, c, ctx, mask, rotary)
+                x = self._spatial(block, x, c, ctx, mask, rope)
             if not full and clip > 1:  # an image (or a 1-frame clip) skips the temporal blocks
-                video = self._temporal(self.temporal_blocks[i], x[:, :clip], c, pos_t, rotary)
+                video = self._temporal(self.temporal_blocks[i], x[:, :clip], c, pos_t, rope)
                 x = video if clip == frames else torch.cat([video, x[:, clip:]], dim=1)
         n, _, s, d = x.shape
         x = self.final_layer(x.reshape(n, frames * s, d), c)  # (N, F'*S, pt*p*p*C_out)
@@ -250,7 +250,7 @@ class VideoDiT(DiT):
     def extra_repr(self) -> str:
         cfg = self.config
         return (f"{super().extra_repr()}, frames={cfg.num_frames}, temporal_patch={cfg.temporal_patch_size}, "
-                f"layout={cfg.layout}, rope={cfg.rope}")
+                f"layout={cfg.layout}, pos_embed={cfg.pos_embed}")
 
 
 # ----------------------------------------------------------------------------- from an image model
@@ -290,7 +290,7 @@ def video_from_image(image: DiT, num_frames: int, **video_fields: Any) -> VideoD
     """A video model with ``image``'s weights (spatial blocks, embedders, final layer) and zero-gated temporal
     blocks, so that before any training it computes the image model frame by frame.
 
-    ``video_fields``: ``temporal_patch_size``, ``layout``, ``rope`` (see ``DiTConfig``).
+    ``video_fields``: ``temporal_patch_size``, ``layout``, ``pos_embed`` (see ``DiTConfig``).
     """
     fields = {**image.config.to_dict(), "num_frames": int(num_frames), **video_fields}
     video = VideoDiT(DiTConfig.from_dict(fields)).to(next(image.parameters()).device)
