@@ -247,3 +247,20 @@ def test_bad_video_geometry_is_one_line():
         model(x, t, y=y)
     with pytest.raises(ValueError, match=r"\(N, C, F, H, W\)"):
         model(x[:, :, 0], t, y=y)
+
+
+def test_grad_checkpointing_n_recomputes_the_first_n_block_pairs(monkeypatch):
+    import ditlab.models.video as video_module
+
+    model = tiny(depth=3)
+    x, t, y = inputs()
+    model(x, t, y=y).square().mean().backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    seen = []
+    real = video_module.checkpoint
+    monkeypatch.setattr(video_module, "checkpoint", lambda block, *a, **k: seen.append(block) or real(block, *a, **k))
+    model.set_grad_checkpointing(1)
+    model(x, t, y=y).square().mean().backward()
+    assert seen == [model.blocks[0], model.temporal_blocks[0]]
+    assert all(torch.allclose(p.grad, want[k], atol=1e-7) for k, p in model.named_parameters() if k in want)

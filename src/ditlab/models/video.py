@@ -166,9 +166,18 @@ class VideoDiT(DiT):
         return x.reshape(n, c, frames * pt, grid_h * p, grid_w * p)
 
     def _call(self, block: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        """``block(*args)``, recomputed in the backward pass when it is among the first ``checkpointed_blocks()``
+        spatial or temporal blocks (grad_checkpointing N counts block pairs)."""
+        if torch.is_grad_enabled() and self._index(block) < self.checkpointed_blocks():
             return checkpoint(block, *args, use_reentrant=False, **kwargs)
         return block(*args, **kwargs)
+
+    def _index(self, block: nn.Module) -> int:
+        for blocks in (self.blocks, self.temporal_blocks):
+            for i, b in enumerate(blocks):
+                if b is block:
+                    return i
+        raise ValueError("not a block of this model")
 
     def _spatial(self, block: nn.Module, x: Tensor, c: Tensor, ctx: Tensor | None, mask: Tensor | None,
                  rope: tuple[Tensor, Tensor] | None) -> Tensor:
