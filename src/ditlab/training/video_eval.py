@@ -1,7 +1,7 @@
 """End-of-run figures of a video run: the grid video, and the moving-digit demo's scores and bar.
 
 For the built-in moving digits (one digit, class = digit x 8 + direction) the samples are scored with
-``ditlab.evaluation.motion.video_digit_metrics`` against real training videos of the same geometry. Real
+``ditlab.evaluation.motion.video_digit_metrics`` against real evaluation videos (test digits) of the same geometry. Real
 moving digits move whole pixels at constant speed, so their centre-of-mass track is exactly smooth
 (0 px/frame²) and no generator can be "at most 2x" of it; the smoothness reference is therefore the
 same real videos passed through the run's autoencoder (encode, decode), the best a latent model can
@@ -46,7 +46,7 @@ def moving_digit_scores(pipe, images: np.ndarray, labels: np.ndarray, config) ->
     from ditlab.training.setup import video_options
 
     options = {**video_options(config), "num_videos": len(images)}
-    real = build_dataset(config.data, config.image_size, **options).tensors()[0]  # (N, 1, F, H, W) uint8
+    real = build_dataset(config.data, config.image_size, split="test", **options).tensors()[0]  # (N, 1, F, H, W) uint8
     recon = []
     for start in range(0, real.shape[0], 100):
         clip = real[start : start + 100].to(pipe.device).float() / 127.5 - 1.0
