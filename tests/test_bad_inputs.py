@@ -92,9 +92,9 @@ CASES = [
     ("sample-missing-autoencoder", ["sample", "{w}/run-no-ae", "--out", "{w}/new.png"], "not found"),
     ("sample-damaged-meta", ["sample", "{w}/run-meta", "--out", "{w}/new.png"], "damaged meta.json"),
     # --- video
-    ("train-video-folder-unreadable", [*T, "--data", "{w}/badvideos", "--num_frames", "4", "--run_dir", "{w}/new14"],
+    ("train-video-folder-unreadable", [*T, "--data", "{w}/badvideos", "--num_frames", "4", "--run_dir", "{w}/new_v1"],
      "none of the 2 videos"),
-    ("train-video-clips-too-short", [*T, "--data", "{w}/shortvideos", "--num_frames", "8", "--run_dir", "{w}/new15"],
+    ("train-video-clips-too-short", [*T, "--data", "{w}/shortvideos", "--num_frames", "8", "--run_dir", "{w}/new_v2"],
      "no clip in"),
     ("train-frames-vs-temporal-patch", ["train", "--preset", "moving-mnist-tiny", "--temporal_patch_size", "3",
                                         "--run_dir", "{w}/new16"],
