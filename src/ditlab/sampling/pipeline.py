@@ -56,10 +56,17 @@ class StepInfo:
     num_batches: int
     start: int  # position of the batch's first sample in the request
     decoder: Callable[[torch.Tensor], np.ndarray] = field(repr=False)
+    x: torch.Tensor | None = None  # the current state x_t of the batch after this step, latents
 
     def decode(self) -> np.ndarray:
         """The current prediction as uint8 images (batch, H, W, C) (video: (batch, F, H, W, C))."""
         return self.decoder(self.x0)
+
+    def decode_x(self) -> np.ndarray:
+        """The current (noisy) state x_t decoded like ``decode`` (what a trajectory shows beside x0)."""
+        if self.x is None:
+            raise ValueError("this StepInfo carries no current state x")
+        return self.decoder(self.x)
 
 
 @dataclass
@@ -279,7 +286,7 @@ class Pipeline:
     def _step_callback(self, callback: Callable[[StepInfo], Any], batch: int, num_batches: int, start: int):
         def on_step(i: int, total: int, x: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> None:
             info = StepInfo(step=i + 1, total=total, x0=x0, batch=batch, num_batches=num_batches, start=start,
-                            decoder=self.decode)
+                            decoder=self.decode, x=x)
             if callback(info) is CANCEL:
                 raise GenerationCancelled(f"cancelled at step {i + 1} of {total}")
 
