@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     limits = _check_args(args)
+    _check_port(args.host, args.port)
     if not is_loopback(args.host):
         warnings.warn(f"--host {args.host} is not loopback: anyone who can reach this machine can use the page and "
                       "the API (no authentication); see docs/serve.md", stacklevel=1)
-    _check_port(args.host, args.port)
 
     import uvicorn
 
