@@ -160,3 +160,18 @@ def test_unknown_routes_and_jobs_are_json_errors(client):
     assert r.status_code == 405 and r.json()["code"] == 405
     assert client.get("/static/../app.py").status_code == 404
     assert client.get("/api/health").json()["ok"] is True  # still answering
+
+
+def test_other_web_pages_cannot_drive_the_server(client, pipes):
+    """No login, so a page elsewhere must not make the user's browser generate (CSRF) or read (DNS rebinding)."""
+    body = {"model": "free", "steps": 2}
+    for origin in ("http://evil.example", "null", "http://testserver.evil.example"):
+        r = client.post("/api/generate", json=body, headers={"Origin": origin})
+        assert r.status_code == 403 and "are refused" in r.json()["error"], origin
+    assert client.post("/api/generate", json=body, headers={"Origin": "http://testserver"}).status_code == 200
+    assert client.get("/api/models", headers={"Origin": "http://evil.example"}).status_code == 200  # reads: CORS
+    app = create_app(ServedModels({"free": pipes["free"]}), allowed_hosts=("localhost", "127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as local:
+        assert local.get("/api/models").status_code == 200
+        r = local.get("/api/models", headers={"Host": "rebound.evil.example:7860"})
+        assert r.status_code == 403 and "is not served here" in r.json()["error"]

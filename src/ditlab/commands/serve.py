@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     models = load_models(args.models, device=pick_device(args.device), ema=not args.no_ema,
                          autoencoder=args.autoencoder, text_encoder=args.text_encoder)
-    app = create_app(models, limits)
+    from ditlab.serve.guards import LOOPBACK_HOSTS
+
+    allowed = (*LOOPBACK_HOSTS, args.host.lower()) if is_loopback(args.host) else None  # against DNS rebinding
+    app = create_app(models, limits, allowed_hosts=allowed)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"serving {', '.join(models.pipelines)} at http://{shown}:{args.port}/ (API docs: /docs; Ctrl-C stops)",
           flush=True)

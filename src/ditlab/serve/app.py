@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ditlab.serve.encode import b64, npz_bytes, png_bytes, preview_png, still, video_bytes
+from ditlab.serve.guards import OriginGuard
 from ditlab.serve.jobs import Job, QueueFull, Scheduler
 from ditlab.serve.models import ServedModels
 from ditlab.serve.requests import ApiError, Limits, check_request
@@ -75,8 +76,14 @@ def result_body(job: Job) -> dict[str, Any]:
     return body
 
 
-def create_app(models: ServedModels, limits: Limits | None = None) -> FastAPI:
-    """The web app serving ``models`` (``ditlab serve`` runs it with uvicorn)."""
+def create_app(models: ServedModels, limits: Limits | None = None,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The web app serving ``models`` (``ditlab serve`` runs it with uvicorn).
+
+    Args:
+        allowed_hosts: host names requests may be addressed to (None: any; ``ditlab serve`` on loopback passes
+            the loopback names, against DNS rebinding). POSTs from other web pages are refused either way.
+    """
     limits = limits or Limits()
     scheduler = Scheduler(models.run_batch, limits, preview_png)
 
@@ -90,6 +97,7 @@ def create_app(models: ServedModels, limits: Limits | None = None) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.models = models
     app.add_middleware(BodyLimit)
+    app.add_middleware(OriginGuard, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
