@@ -204,3 +204,26 @@ def test_concurrent_generations(concurrency):
         wait_until(lambda: client.get("/api/health").json()["running"] == 2)  # both run at once
         gated.resume.set()
         wait_until(lambda: all(state(client, j["job_id"])["status"] == "done" for j in (a, b)))
+
+
+def test_a_queued_jobs_stream_follows_its_place_in_the_queue():
+    models, limits = make_client({"m": tiny_pipeline(3)})
+    gated = Gated(models, step_delay=0.1)
+    with TestClient(create_app(models, limits)) as client:
+        gated.gate.clear()
+        first = client.post("/api/generate", json={"steps": 2, "wait": False}).json()
+        wait_until(lambda: state(client, first["job_id"])["status"] == "running")
+        client.post("/api/generate", json={"steps": 3, "wait": False})  # another batch key: runs on its own
+        last = client.post("/api/generate", json={"steps": 4, "wait": False}).json()
+        seen = []
+        with client.stream("GET", last["events"]) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    seen.append((event["status"], event["position"]))
+                    if len(seen) == 1:
+                        gated.gate.set()  # let the queue move once we listen
+                    if event["status"] == "done":
+                        break
+    queued = [p for s, p in seen if s == "queued"]
+    assert queued[0] == 1 and 0 in queued and seen[-1] == ("done", 0)

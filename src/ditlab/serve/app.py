@@ -210,13 +210,14 @@ def create_app(models: ServedModels, limits: Limits | None = None,
 
     async def _stream(job: Job, request: Request) -> AsyncIterator[str]:
         event = job.subscribe()
-        seen, preview_sent = -1, 0
+        seen, preview_sent, position, quiet = -1, 0, -1, 0.0
         try:
             while True:
                 event.clear()
-                if job.version != seen:
-                    seen = job.version
-                    payload = {**job.state(), "position": scheduler.position(job)}
+                ahead = scheduler.position(job) if job.status == "queued" else 0
+                if job.version != seen or ahead != position:  # a change, or the queue moved on
+                    seen, position, quiet = job.version, ahead, 0.0
+                    payload = {**job.state(), "position": ahead}
                     if job.preview is not None and job.preview_step != preview_sent and not job.done:
                         preview_sent = job.preview_step
                         payload.update(preview=b64(job.preview), preview_step=preview_sent)
@@ -226,11 +227,14 @@ def create_app(models: ServedModels, limits: Limits | None = None,
                     await asyncio.sleep(EVENT_INTERVAL_S)
                     continue
                 try:
-                    await asyncio.wait_for(event.wait(), KEEPALIVE_S)
+                    await asyncio.wait_for(event.wait(), 1.0)
                 except asyncio.TimeoutError:
+                    quiet += 1.0
                     if await request.is_disconnected():
                         return
-                    yield ": keep-alive\n\n"
+                    if quiet >= KEEPALIVE_S:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
         finally:
             job.unsubscribe(event)
 

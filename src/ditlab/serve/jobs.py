@@ -188,6 +188,11 @@ class Scheduler:
         job.update(cancel_requested=True)
         if queued or job.status == "running":
             job.update(status="cancelled", finished=time.time())
+        if queued:
+            with self._cond:
+                moved = list(self._queue)
+            for other in moved:
+                other.update()
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
@@ -225,9 +230,12 @@ class Scheduler:
                     batch.append(job)
                     size += job.plan.num
             self._running += 1
+            moved = list(self._queue)
         now = time.time()
         for job in batch:
             job.update(status="running", started=now, batch_size=size)
+        for job in moved:  # their place in the queue changed: wake their listeners
+            job.update()
         return batch
 
     def _worker(self) -> None:
