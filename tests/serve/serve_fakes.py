@@ -44,7 +44,7 @@ def tiny_pipeline(num_classes: int = 3, class_names: Sequence[str] | None = None
     condition = ClassCondition(num_classes, class_names) if num_classes else NoCondition()
     return Pipeline(random_dit(num_classes), create_process("flow"), load_autoencoder("pixel", channels=1), condition,
                     (1, 8, 8), defaults=SamplingDefaults(sampler="euler", steps=steps, cfg_scale=1.0),
-                    info={"image_size": 8, "source": "/secret/folder"})
+                    info={"image_size": 8, "source": "/secret/folder", "vae_folder": tempfile.gettempdir()})
 
 
 class Shrink(nn.Module):

@@ -43,6 +43,7 @@ def test_models_describe_what_each_takes_and_no_paths(client):
     assert by_name["shapes"]["defaults"] == {"sampler": "euler", "steps": 6, "cfg_scale": 1.0}
     assert body["limits"]["max_num"] == 8
     assert "/secret/folder" not in json.dumps(body)  # the served folders are nobody's business
+    assert "vae_folder" not in shapes and shapes["image_size"] == 8  # nor any other path on this machine
     spec = client.get("/openapi.json").json()
     assert "/api/generate" in spec["paths"] and "/api/jobs/{job_id}/events" in spec["paths"]
     schema = spec["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -26,6 +26,11 @@ def model_name(path: str | Path, taken: Sequence[str]) -> str:
     return name
 
 
+def _is_path(value: Any) -> bool:
+    """A string naming something on this machine's disk (never shown by /api/models)."""
+    return isinstance(value, str) and ("/" in value or "\\" in value) and Path(value).exists()
+
+
 class ServedModels:
     """Pipelines by name, with their public description (no file paths: the page and API never see them)."""
 
@@ -40,7 +45,8 @@ class ServedModels:
     @staticmethod
     def _info(pipe: Pipeline) -> dict[str, Any]:
         d = pipe.describe()
-        info = {k: v for k, v in d.items() if k not in ("source", "checkpoint")}  # keep folders private
+        info = {k: v for k, v in d.items() if k not in ("source", "checkpoint") and not _is_path(v)}  # keep folders
+        # private: a page or API client has no business knowing where the models live
         names = d.get("class_names") or []
         info["num_classes"] = int(getattr(pipe.condition, "num_classes", 0) or len(names))
         if info["condition"] == "class" and not names:
