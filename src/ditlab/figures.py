@@ -24,13 +24,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 DEFAULT_FILE_SIZE = 64
 
 
-def _plt():
-    import matplotlib
+def _figure(width: float, height: float, rows: int, cols: int):
+    """A figure and its (rows, cols) axes without pyplot: no global backend or figure state is touched, so
+    notebooks keep their own backend (a returned figure displays there) and nothing leaks between calls."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def load_image(source: str | Path, *, index: int = 0, image_size: int | None = None,
@@ -133,9 +133,8 @@ def noising_figure(image: torch.Tensor, fractions: Sequence[float], *, schedule:
         ("rectified flow" + (f" (shift {shift:g})" if shift != 1 else ""), flow, flow_times,
          lambda t: f"t = {float(t):.2f}"),
     ]
-    plt = _plt()
     k = len(fractions)
-    fig, axes = plt.subplots(2, k, figsize=(1.45 * k + 0.9, 4.0), squeeze=False)
+    fig, axes = _figure(1.45 * k + 0.9, 4.0, 2, k)
     for r, (name, process, times, label) in enumerate(rows):
         alpha, sigma = signal_and_noise(process, times)
         for j, t in enumerate(times):
@@ -158,8 +157,7 @@ def patches_figure(image: torch.Tensor, autoencoder, patch_sizes: Sequence[int] 
     d = image.shape[-1] // w  # pixels per latent cell
     shown = min(c, max_channels)
     cols = max(1 + shown, len(patch_sizes))
-    plt = _plt()
-    fig, axes = plt.subplots(2, cols, figsize=(1.8 * cols, 4.2), squeeze=False)
+    fig, axes = _figure(1.8 * cols, 4.2, 2, cols)
     for ax in axes.flat:
         ax.axis("off")
     _show(axes[0, 0], image[0], f"image {image.shape[-2]}x{image.shape[-1]}")
@@ -189,12 +187,8 @@ def patches_figure(image: torch.Tensor, autoencoder, patch_sizes: Sequence[int] 
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Write a figure atomically (PNG, or whatever the suffix says) and close it."""
+    """Write a figure atomically (PNG, or whatever the suffix says)."""
     from ditlab.files import atomic_write
 
-    plt = _plt()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi), durable=False)
-    finally:
-        plt.close(fig)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi), durable=False)
 

@@ -97,17 +97,15 @@ def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
 
 def save_trajectory_png(traj: Trajectory, path: str | Path, descriptions: Sequence[str] | None = None) -> Path:
     """One strip per sample: x_t (top) and the x0 prediction (bottom) at each chosen step (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
 
     from ditlab.files import atomic_write
 
     n, k = traj.x.shape[:2]
     gray = traj.x.shape[-1] == 1
     cell = 1.0 if n <= 16 else 0.6
-    fig, axes = plt.subplots(2 * n, k, figsize=(cell * k + 1.2, cell * 2 * n + 0.4), squeeze=False)
+    fig = Figure(figsize=(cell * k + 1.2, cell * 2 * n + 0.4))
+    axes = fig.subplots(2 * n, k, squeeze=False)
     for i in range(n):
         name = f" ({descriptions[i]})" if descriptions and descriptions[i] else ""
         for row, (images, label) in enumerate(((traj.x, f"#{i}{name}\nx_t"), (traj.x0, "x0 pred."))):
@@ -124,10 +122,7 @@ def save_trajectory_png(traj: Trajectory, path: str | Path, descriptions: Sequen
                     ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.subplots_adjust(left=0.12, right=0.99, top=1 - 0.3 / (cell * 2 * n + 0.4), bottom=0.01,
                         wspace=0.05, hspace=0.08)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), durable=False)
-    finally:
-        plt.close(fig)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100), durable=False)
 
 
 def trajectory_frames(traj: Trajectory, min_side: int = 64) -> np.ndarray:
