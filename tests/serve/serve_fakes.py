@@ -92,9 +92,9 @@ def text_pipeline() -> Pipeline:
                     (1, 8, 8), defaults=SamplingDefaults(sampler="euler", steps=4, cfg_scale=1.0))
 
 
-def video_pipeline() -> Pipeline:
+def video_pipeline(info: dict[str, Any] | None = None) -> Pipeline:
     return Pipeline(Shrink(), create_process("flow"), load_autoencoder("pixel", channels=1), NoCondition(),
-                    (1, 3, 8, 8), defaults=SamplingDefaults(sampler="euler", steps=4, cfg_scale=1.0))
+                    (1, 3, 8, 8), defaults=SamplingDefaults(sampler="euler", steps=4, cfg_scale=1.0), info=info)
 
 
 def write_model_folder(folder: Path, *, num_classes: int, class_names: Sequence[str] | None = None,

@@ -97,6 +97,21 @@ def test_text_and_video_models(client, pipes):
     assert npz["arr_0"].shape == (2, 3, 8, 8, 1)
 
 
+def test_video_fields_follow_describe():
+    """A video model that names its fps in describe() gets it by default (page and API alike)."""
+    app = create_app(ServedModels({"clips": video_pipeline({"fps": 12})}))
+    with TestClient(app) as c:
+        assert c.get("/api/models").json()["models"][0]["fps"] == 12
+        r = c.post("/api/generate", json={"num": 1, "steps": 2})
+        assert r.status_code == 200 and r.json()["settings"]["fps"] == 12.0 and r.json()["settings"]["frames"] == 3
+
+
+def test_api_docs_are_served_without_internet(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "cdn.jsdelivr.net" not in page.text and "unpkg.com" not in page.text  # assets served locally
+
+
 BAD = [
     ({"model": "shapes", "steps": 51}, 422, "steps", "steps must be between 1 and 50, got 51"),
     ({"model": "shapes", "steps": 0}, 422, "steps", "between 1 and 50"),

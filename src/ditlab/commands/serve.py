@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a picker when several are given")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default loopback only; anything else is reachable by others)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--autoencoder", default=None, help="autoencoder for model folders that name none")
     parser.add_argument("--text-encoder", dest="text_encoder", default=None,
                         help="text encoder for model folders that name none")

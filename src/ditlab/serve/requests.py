@@ -223,7 +223,7 @@ def _video(req: GenerateRequest, info: dict[str, Any], plan: Plan, accepts_frame
     elif frames != model_frames:
         raise ApiError(422, f"this model makes {model_frames} frames, not {frames}: drop frames or pass "
                             f"{model_frames}", "frames")
-    fps = float(req.fps) if req.fps is not None else 8.0
+    fps = float(req.fps) if req.fps is not None else float(info.get("fps") or 8.0)  # the model's own, if it says
     if not 1.0 <= fps <= 60.0:
         raise ApiError(422, f"fps must be between 1 and 60, got {fps}: 8 suits short clips", "fps")
     plan.frames, plan.fps = frames, fps

@@ -36,7 +36,11 @@ function showModel() {
   $("cfg").value = m.defaults.cfg_scale;
   $("cfg").max = limits.max_cfg;
   $("num").max = limits.max_num;
-  if (m.video) { $("frames").value = m.latent_shape[1]; }
+  if (m.video) { // the model's frame count (more where its pipeline takes frames), its fps when it names one
+    $("frames").value = m.latent_shape[1];
+    $("frames").max = m.max_frames || m.latent_shape[1];
+    $("fps").value = m.fps || 8;
+  }
   const size = m.image_size ? `${m.image_size}×${m.image_size} px` : "";
   const what = { class: `${(m.class_names || []).length} classes`, text: "text prompts", none: "unconditional" }[kind];
   $("model-info").textContent = [what, m.video ? `video, ${m.latent_shape[1]} frames` : "", size,
