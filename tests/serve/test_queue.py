@@ -158,6 +158,15 @@ def test_a_failed_generation_fails_that_request_alone():
         wait_until(lambda: all(state(client, j)["status"] in ("done", "failed") for j in pair))
         assert [state(client, j)["status"] for j in pair] == ["done", "done"]
         assert [state(client, j)["batch_size"] for j in pair] == [4, 4]
+        # a request that breaks the model, batched with a sound one: it fails alone, the other gets its images
+        gated.gate.clear()
+        hold = client.post("/api/generate", json={"class": 1, "steps": 2, "wait": False}).json()
+        wait_until(lambda: state(client, hold["job_id"])["status"] == "running")
+        pair = [client.post("/api/generate", json={"class": k, "steps": 3}).json()["job_id"] for k in (2, 0)]
+        gated.gate.set()
+        wait_until(lambda: all(state(client, j)["status"] in ("done", "failed") for j in pair))
+        assert [state(client, j)["status"] for j in pair] == ["failed", "done"]
+        assert "boom" in state(client, pair[0])["error"]
         # a failed job polled later keeps its 5xx
         gated.gate.clear()
         hold = client.post("/api/generate", json={"class": 1, "steps": 2, "wait": False}).json()

@@ -7,7 +7,9 @@ and every queued job with the same ``Plan.batch_key`` (model, steps, guidance, s
 and sample i of a request keeps its noise seed ``seed + i`` through ``indices``, so a batched request
 gets exactly the images it would get alone. The pipeline's step callback reports progress, decodes a
 preview every few steps, and cancels the batch once every job in it is cancelled (a job cancelled while
-others of its batch go on is answered at once and its images are dropped).
+others of its batch go on is answered at once and its images are dropped). A batch of several requests that
+fails (out of memory, or a value of one request the model chokes on) is run again one request at a time, so
+a failure is answered to the request that causes it alone.
 
 Listeners (the HTTP layer's asyncio tasks) subscribe to a job and are woken through their event loop.
 """
@@ -282,9 +284,11 @@ class Scheduler:
         now = time.time()
         if isinstance(err, GenerationCancelled):
             return [(job, {"status": "cancelled", "finished": now}) for job in batch]
-        if is_out_of_memory(err) and len(batch) > 1:
-            log.warning("out of memory on a batch of %d requests: running them one by one", len(batch))
-            _free_memory()
+        if len(batch) > 1:  # out of memory, or one request's values broke the batch: each request alone
+            log.warning("a batch of %d requests failed (%s: %s): running them one by one", len(batch),
+                        type(err).__name__, err)
+            if is_out_of_memory(err):
+                _free_memory()
             return [change for job in batch if not job.done for change in self._run([job])]
         if isinstance(err, UserError):
             error = ApiError(422, str(err))
