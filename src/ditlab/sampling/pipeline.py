@@ -110,7 +110,7 @@ class Pipeline:
         latent_shape: (C, h, w), or (C, F, h, w) for video.
         defaults: sampler, steps and guidance used when a call does not name them.
         info: free-form description (source path, step, class names...) for UIs and logs.
-        cuda_graphs: opt-in (not measured on a GPU yet): on a GPU, each network evaluation of a batch is
+        cuda_graphs: opt-in (H100 figures in docs/performance.md): on a GPU, each network evaluation of a batch is
             replayed from a CUDA graph recorded for its shapes (``ditlab.models.cuda_graph.GraphedForward``;
             the same numbers). Also settable afterwards: ``pipe.cuda_graphs = True``.
     """
