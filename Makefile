@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ditlab-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ditlab train --preset mnist
 
-test: $(STAMP)
+# Headless Chromium for the browser tests of `ditlab serve` (Debian's packages; skipped where apt-get is
+# missing or not allowed: those tests then skip and say why).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null) || echo "warning: could not install chromium + chromium-driver: browser tests will skip"; \
+	else echo "warning: no chromium + chromium-driver and no root apt-get: browser tests will skip"; fi
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
 

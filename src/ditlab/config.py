@@ -102,11 +102,11 @@ class TrainConfig:
                                   "N the first N, -1 or the bare flag all", resumable=True)
     compile: bool = opt(False, "torch.compile the model", resumable=True)
     compile_blocks: bool = opt(False, "torch.compile each block in place instead (regional: one compiled graph "
-                               "serves every block); not measured on a GPU yet", resumable=True)
+                               "serves every block); H100: docs/performance.md", resumable=True)
     cuda_graphs: bool = opt(False, "one GPU, no fp16: replay each step's forward + loss + backward (and the VAE's, "
-                            "and sampling's network) as a CUDA graph; not measured on a GPU yet", resumable=True)
+                            "and sampling's network) as a CUDA graph; H100: docs/performance.md", resumable=True)
     fused_kernels: bool = opt(False, "fused GPU kernels for adaLN norm + modulate, gated residuals and sampling's "
-                              "GELU (ditlab.models.fused); not measured on a GPU yet; CPU numbers unchanged",
+                              "GELU (ditlab.models.fused); H100 XL/2: 1.24x over eager; CPU numbers unchanged",
                               resumable=True)
     fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimiser state (FSDP2)",
                      resumable=True)

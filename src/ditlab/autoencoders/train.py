@@ -165,8 +165,8 @@ def train_autoencoder(
         kl_weight: weight of the per-element KL term; small values keep reconstructions sharp.
         config: an explicit architecture (overrides ``downsample``/``latent_channels``).
         device: where to train (default: a GPU if there is one); the model stays there.
-        cuda_graphs: on a GPU, replay each step's forward + backward as one CUDA graph (opt-in: not measured
-            on a GPU yet; ``ditlab.models.cuda_graph.GraphedStep``); the CPU runs the same step either way.
+        cuda_graphs: on a GPU, replay each step's forward + backward as one CUDA graph (opt-in; measured on an
+            H100: docs/performance.md; ``ditlab.models.cuda_graph.GraphedStep``); the CPU runs the same step either way.
     Returns the trained model (eval mode) with ``latent_shift`` = the per-channel mean of its latents
     and ``scaling_factor`` = 1 / their standard deviation around it, both measured on ``dataset``.
     """

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write each sample as DIR/000000_class3.png (video models: .gif)")
     parser.add_argument("--out-npz", default=None,
                         help="also write an ADM .npz (arr_0 N×H×W×C uint8, video N×F×H×W×C; labels/prompts)")
+    parser.add_argument("--trajectory", default=None, metavar="PATH",
+                        help="also write each sample's denoising trajectory: x_t and the x0 prediction at evenly "
+                             "spaced steps (.png strips) or at every step (.gif animation)")
+    parser.add_argument("--trajectory-steps", type=int, default=8,
+                        help="columns of the --trajectory PNG (evenly spaced steps, the last included)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
 
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ditlab.devices import pick_device
+    from ditlab.errors import UserError
     from ditlab.sampling import Pipeline, check_sampling, check_writable, save_grid, save_npz, save_png
     from ditlab.sampling.outputs import row_labels_for
 
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable(args.out)
     npz = check_writable(args.out_npz) if args.out_npz else None
+    recorder = _trajectory_recorder(args)
     device = pick_device(args.device)
     pipe = Pipeline.load(args.run_dir, ema=not args.no_ema, device=device, autoencoder=args.autoencoder,
                          text_encoder=args.text_encoder)
@@ -121,10 +128,17 @@ def run(args: argparse.Namespace) -> int:
     pipe.check_request(labels=args.classes, prompts=prompts)  # a prompt for a class model, ... : one line
     labels = pipe.condition.parse(args.classes or "all") if pipe.condition.kind == "class" else None
     check_sampling(pipe.process, args.sampler or pipe.defaults.sampler, args.steps or pipe.defaults.steps)
+    if recorder is not None and pipe.is_video:
+        raise UserError("--trajectory draws the denoising of images; this is a video model: drop --trajectory")
+    if recorder is not None and getattr(pipe, "autoencoder", None) is None:
+        raise UserError("--trajectory needs images: this model has no autoencoder to decode its latents; "
+                        "pass --autoencoder")
     pipe.latent_shape_at(args.height, args.width)  # a size the model cannot take: one line, before any work
     batches = -(-args.num // args.batch_size)
     with tqdm(total=args.num, desc="sample", unit="img") as bar:
         def progress(step):
+            if recorder is not None:
+                recorder(step)
             if step.step == step.total:
                 bar.update(min(args.batch_size, args.num - step.start))
 
@@ -149,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
         for i, image in enumerate(got.images):
             suffix = f"_class{int(got.labels[i])}" if got.labels is not None else ""
             save_png(image, folder / f"{i:06d}{suffix}.png")
+    if recorder is not None:
+        from ditlab.sampling.trajectory import save_trajectory
+
+        save_trajectory(recorder.trajectory(), args.trajectory, got.descriptions)
     print(f"wrote {args.num} samples: {out}" + (f", {npz}" if npz else "")
-          + (f", {args.out_dir}/" if args.out_dir else ""))
+          + (f", {args.out_dir}/" if args.out_dir else "") + (f", {args.trajectory}" if recorder else ""))
     return 0
 
 
@@ -163,3 +181,15 @@ def _write_videos(got, out: Path, out_dir: str | None, ncols: int | None, fps: f
         for i, clip in enumerate(got.images):
             suffix = f"_class{int(got.labels[i])}" if got.labels is not None else ""
             write_video(Path(out_dir) / f"{i:06d}{suffix}.gif", clip, fps=fps)
+
+
+def _trajectory_recorder(args: argparse.Namespace):
+    """The ``--trajectory`` recorder (None without the flag); one-line errors for a bad file name."""
+    if not args.trajectory:
+        return None
+    from ditlab.sampling import check_writable
+    from ditlab.sampling.trajectory import GIF_FRAMES, TrajectoryRecorder, trajectory_extension
+
+    ext = trajectory_extension(args.trajectory)
+    check_writable(args.trajectory)
+    return TrajectoryRecorder(GIF_FRAMES if ext == ".gif" else args.trajectory_steps)

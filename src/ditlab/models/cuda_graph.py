@@ -11,7 +11,7 @@ Code inside must not synchronise with the host (``.item()``, a blocking copy) or
 in Python; randomness from torch's CUDA generator is fine (each replay draws new numbers). Work that
 cannot be recorded warns once and runs eagerly from then on.
 
-**Opt-in** (not measured on a GPU yet, docs/performance.md): ``ditlab train --cuda_graphs`` (the training
+**Opt-in** (measured on an H100: docs/performance.md): ``ditlab train --cuda_graphs`` (the training
 step and the autoencoder's), ``Pipeline.cuda_graphs = True`` (sampling); nothing uses them by default.
 """
 from __future__ import annotations

@@ -56,10 +56,17 @@ class StepInfo:
     num_batches: int
     start: int  # position of the batch's first sample in the request
     decoder: Callable[[torch.Tensor], np.ndarray] = field(repr=False)
+    x: torch.Tensor | None = None  # the current state x_t of the batch after this step, latents
 
     def decode(self) -> np.ndarray:
         """The current prediction as uint8 images (batch, H, W, C) (video: (batch, F, H, W, C))."""
         return self.decoder(self.x0)
+
+    def decode_x(self) -> np.ndarray:
+        """The current (noisy) state x_t decoded like ``decode`` (what a trajectory shows beside x0)."""
+        if self.x is None:
+            raise ValueError("this StepInfo carries no current state x")
+        return self.decoder(self.x)
 
 
 @dataclass
@@ -103,7 +110,7 @@ class Pipeline:
         latent_shape: (C, h, w), or (C, F, h, w) for video.
         defaults: sampler, steps and guidance used when a call does not name them.
         info: free-form description (source path, step, class names...) for UIs and logs.
-        cuda_graphs: opt-in (not measured on a GPU yet): on a GPU, each network evaluation of a batch is
+        cuda_graphs: opt-in (H100 figures in docs/performance.md): on a GPU, each network evaluation of a batch is
             replayed from a CUDA graph recorded for its shapes (``ditlab.models.cuda_graph.GraphedForward``;
             the same numbers). Also settable afterwards: ``pipe.cuda_graphs = True``.
     """
@@ -332,7 +339,7 @@ class Pipeline:
     def _step_callback(self, callback: Callable[[StepInfo], Any], batch: int, num_batches: int, start: int):
         def on_step(i: int, total: int, x: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> None:
             info = StepInfo(step=i + 1, total=total, x0=x0, batch=batch, num_batches=num_batches, start=start,
-                            decoder=self.decode)
+                            decoder=self.decode, x=x)
             if callback(info) is CANCEL:
                 raise GenerationCancelled(f"cancelled at step {i + 1} of {total}")
 
