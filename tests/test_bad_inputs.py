@@ -112,6 +112,8 @@ CASES = [
     ("sample-image-model-as-video", ["sample", "{w}/run", "--out", "{w}/new.gif"],
      "this model makes images, not videos"),
     ("sample-video-zero-fps", ["sample", "{w}/run-video", "--fps", "0"], "--fps must be positive"),
+    ("sample-video-trajectory", ["sample", "{w}/run-video", "--trajectory", "{w}/new_t.png"],
+     "this is a video model: drop --trajectory"),
     ("extract-video-folder-unreadable", ["extract-latents", "{w}/badvideos", "--autoencoder", "pixel", "--image-size",
                                          "8", "--num-frames", "4", "--out", "{w}/c5"], "none of the 2 videos"),
     # --- eval
