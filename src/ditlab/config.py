@@ -39,7 +39,14 @@ class TrainConfig:
     flip: bool | None = opt(None, "random horizontal flips (default: on for folders, off for digits)")
     num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
     latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
-    condition: str = opt("auto", "auto | class | none: what the model is conditioned on (auto: what the data has)")
+    condition: str = opt("auto", "auto | class | text | none: what the model is conditioned on (auto: what the "
+                                 "data has: captions, else classes)")
+    text_encoder: str = opt("minilm", "text models: minilm (built in) or a local Hugging Face text-encoder folder "
+                                      "(T5/UMT5, CLIP text, BERT-like)")
+    text_max_length: int | None = opt(None, "text models: token positions per caption (longer ones are truncated "
+                                            "with a warning; default: the encoder's, 64 for minilm)")
+    text_null: str = opt("empty", "text models: null condition of caption dropout and guidance: empty (the empty "
+                                  "prompt's features) | learned (a learned null token)")
     # --- autoencoder (latent space) ---
     autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
     vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")
@@ -55,7 +62,8 @@ class TrainConfig:
     hidden_size: int | None = opt(None, "override the model's width")
     num_heads: int | None = opt(None, "override the model's attention heads")
     patch_size: int | None = opt(None, "override the model's patch size")
-    block: str = opt("adaLN-Zero", "block design: adaLN-Zero | adaLN | cross-attention | in-context")
+    block: str = opt("adaLN-Zero", "block design: adaLN-Zero | adaLN | cross-attention | in-context | pixart "
+                                   "(text: adaLN-single + cross-attention)")
     qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
     cond_dropout_prob: float = opt(0.1, "probability of dropping the condition (label or caption) for guidance")
     # --- process ---
@@ -142,6 +150,39 @@ PRESETS: dict[str, dict[str, Any]] = {
         sampler="euler",
         sample_steps=25,
         cfg_scale=1.5,  # measured: 1.0 too varied to be right, 2.0 too uniform (README)
+        eval_num=1000,
+    ),
+    # The text demo: prompts with digit, thickness and slant, 10 combinations never seen in training.
+    # Chosen by measurement: see README, "What the text demo trains, and why", and docs/text_to_image.md.
+    "mnist-text": dict(
+        run_dir="runs/mnist-text",
+        data="mnist-captions-holdout",  # mnist-captions without the 10 held-out combinations
+        condition="text",
+        text_encoder="minilm",
+        text_max_length=24,  # every template caption fits (at most 16 MiniLM tokens)
+        image_size=32,
+        autoencoder="auto",
+        vae_downsample=4,
+        vae_latent_channels=4,
+        model="DiT-S/2",
+        depth=4,
+        hidden_size=192,
+        num_heads=3,
+        patch_size=2,
+        block="pixart",
+        process="flow",
+        learn_sigma=False,
+        time_sampling="logit_normal",
+        steps=2000,
+        global_batch_size=64,
+        lr=1e-3,
+        warmup_steps=100,
+        ema_decay=0.995,
+        ckpt_every=500,
+        log_every=50,
+        sampler="euler",
+        sample_steps=25,
+        cfg_scale=1.5,
         eval_num=1000,
     ),
     # The paper's recipe (Peebles & Xie 2023, §4): DiT-XL/2 on ImageNet 256 with the SD-VAE.
@@ -316,6 +357,9 @@ def validate(c: TrainConfig) -> None:
     need(0.0 <= c.cond_dropout_prob < 1.0, f"cond_dropout_prob must be in [0, 1), got {c.cond_dropout_prob}")
     need(c.condition in ("auto", "class", "text", "none"),
          f"unknown condition '{c.condition}': choose auto, class, text or none")
+    need(c.text_null in ("empty", "learned"), f"text_null must be empty or learned, got '{c.text_null}'")
+    need(c.text_max_length is None or c.text_max_length >= 2,
+         f"text_max_length must be >= 2 (or none for the encoder's default), got {c.text_max_length}")
     need(c.cfg_scale >= 0, f"cfg_scale must be >= 0, got {c.cfg_scale}")
     need(c.sample_steps >= 1, f"sample_steps must be >= 1, got {c.sample_steps}")
     need(c.ckpt_every >= 1, f"ckpt_every must be >= 1, got {c.ckpt_every}")

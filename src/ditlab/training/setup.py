@@ -160,7 +160,19 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     from ditlab.training.data_source import BatchOrder, FolderSource, InMemorySource
 
     dataset = build_dataset(config.data, config.image_size, flip=False)
-    condition = condition_for_dataset(dataset, config.condition)
+    if hasattr(dataset, "report"):  # e.g. captions: how many images have none
+        log(dataset.report())
+
+    def condition_of_data() -> Condition:  # text: each distinct caption encoded once into RUN_DIR/condition
+        return condition_for_dataset(dataset, config.condition, text_encoder=config.text_encoder,
+                                     text_max_length=config.text_max_length, text_null=config.text_null,
+                                     root=run_dir / CONDITION_DIR, device=device, log=log)
+
+    if info.is_main:
+        condition = condition_of_data()
+    barrier(info)
+    if not info.is_main:  # the features are on disk now: read, not encoded again
+        condition = condition_of_data()
     records = condition.records(dataset.metas())
     if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
         autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
@@ -201,7 +213,7 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
     expected = (autoencoder.latent_channels, config.image_size // autoencoder.downsample,
                 config.image_size // autoencoder.downsample)
     cache.check_compatible(autoencoder.identity(), config.image_size, expected)
-    condition = cache.condition()
+    condition = cache.condition(device=device, text_null=config.text_null)
     if config.condition == "none" and condition.kind != "none":
         from ditlab.conditioning import NoCondition
 
