@@ -151,3 +151,20 @@ def test_gradient_checkpointing_same_numbers(randomize):
     torch.testing.assert_close(out1, out0, rtol=0, atol=0)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.slow
+def test_text_model_compiles_as_one_graph(randomize):
+    """fullgraph=True raises on any graph break (the learned-null swap and masks must stay tensor ops)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = randomize(_text_model(learned_null=True))
+    x, t = torch.randn(3, 4, 8, 8), torch.rand(3) * 999
+    context, mask, pooled = _text()
+    mask[2] = False  # one null row
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got = compiled(x, t, context=context, context_mask=mask, pooled=pooled)
+    torch.testing.assert_close(got, model(x, t, context=context, context_mask=mask, pooled=pooled))
+    got.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
