@@ -47,6 +47,8 @@ class TrainConfig:
                                             "with a warning; default: the encoder's, 64 for minilm)")
     text_null: str = opt("empty", "text models: null condition of caption dropout and guidance: empty (the empty "
                                   "prompt's features) | learned (a learned null token)")
+    text_standardize: bool = opt(True, "text models: standardise each text-feature dimension by its mean and std "
+                                       "over the dataset's captions (measured once, stored with the features)")
     # --- autoencoder (latent space) ---
     autoencoder: str = opt("auto", "auto (train ditlab's KL-VAE on this data) | pixel | folder | hub id")
     vae_downsample: int = opt(4, "auto VAE: spatial downsampling factor")

@@ -43,14 +43,15 @@ def condition_from_dict(d: dict[str, Any] | None, **context: Any) -> Condition:
 
 
 def condition_for_dataset(dataset, kind: str = "auto", *, text_encoder: str = "minilm",
-                          text_max_length: int | None = None, text_null: str = "empty", root=None,
-                          device="cpu", log=None) -> Condition:
+                          text_max_length: int | None = None, text_null: str = "empty",
+                          text_standardize: bool = True, root=None, device="cpu", log=None) -> Condition:
     """The condition a dataset supports: ``auto`` picks text for captioned data (``dataset.captioned``),
     else class labels when it has classes, else none.
 
     Text conditions encode every distinct caption once with ``text_encoder`` (``minilm`` or a folder;
     ``text_max_length`` tokens) into a feature table under ``root`` (a run's or cache's ``condition/``),
-    reused when it is already there; ``text_null`` is ``empty`` or ``learned``.
+    reused when it is already there; ``text_null`` is ``empty`` or ``learned``; ``text_standardize``
+    standardises each feature dimension by its statistics over the dataset's captions.
     """
     if kind not in CONDITION_KINDS:
         raise ConfigError(f"unknown condition {kind!r}: choose one of {', '.join(CONDITION_KINDS)}")
@@ -68,7 +69,8 @@ def condition_for_dataset(dataset, kind: str = "auto", *, text_encoder: str = "m
 
         captions = [c for m in dataset.metas() for c in (m.get("caption") or [""])]
         return TextCondition.build(captions, text_encoder, root=root, max_length=text_max_length, null=text_null,
-                                   examples=getattr(dataset, "example_prompts", None), device=device, log=log)
+                                   examples=getattr(dataset, "example_prompts", None), standardize=text_standardize,
+                                   device=device, log=log)
     if num_classes > 0:
         return ClassCondition(num_classes, getattr(dataset, "class_names", None))
     if kind == "class":

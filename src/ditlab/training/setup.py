@@ -166,7 +166,8 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     def condition_of_data() -> Condition:  # text: each distinct caption encoded once into RUN_DIR/condition
         return condition_for_dataset(dataset, config.condition, text_encoder=config.text_encoder,
                                      text_max_length=config.text_max_length, text_null=config.text_null,
-                                     root=run_dir / CONDITION_DIR, device=device, log=log)
+                                     text_standardize=config.text_standardize, root=run_dir / CONDITION_DIR,
+                                     device=device, log=log)
 
     if info.is_main:
         condition = condition_of_data()
