@@ -39,11 +39,14 @@ SD_VAE = dict(
 
 
 def write_random_cache(root: Path, n: int, latent_shape: tuple[int, int, int], num_classes: int) -> None:
-    """A cache in the extract-latents format holding random latents (the reader's speed does not
-    depend on the values, and encoding n real images at 256 px would dominate this script)."""
+    """A cache in the extract-latents format holding random latents and class labels (the reader's speed
+    does not depend on the values, and encoding n real images at 256 px would dominate this script)."""
+    from ditlab.conditioning import ClassCondition
+    from ditlab.data.latent_cache import FORMAT, VERSION
+
     g = np.random.default_rng(0)
     plan = {
-        "format": "ditlab-latent-cache", "version": 1,
+        "format": FORMAT, "version": VERSION,
         "dataset": {"spec": "random", "num_items": n, "fingerprint": "-", "num_classes": num_classes},
         "image_size": 256, "autoencoder": {"identity": "random", "source": "", "scaling_factor": 0.18215},
         "latent_shape": list(latent_shape), "dtype": "float16", "posterior": "mean", "seed": 0,
@@ -52,10 +55,10 @@ def write_random_cache(root: Path, n: int, latent_shape: tuple[int, int, int], n
     receipts = []
     for k, (start, stop) in enumerate(shard_ranges(n, 1024)):
         latents = g.standard_normal((stop - start, 2, *latent_shape)).astype(np.float16)  # (n, 2, C, h, w)
-        labels = g.integers(0, num_classes, stop - start).tolist()
-        write_shard(root, k, start, stop, latents, list(range(start, stop)), labels, [])
+        write_shard(root, k, start, stop, latents, list(range(start, stop)), [])
         receipts.append(json.loads((root / f"shard-{k:05d}.json").read_text()))
-    finalize(root, plan, receipts)
+    metas = [{"label": int(label)} for label in g.integers(0, num_classes, n)]
+    finalize(root, plan, receipts, ClassCondition(num_classes), metas)
 
 
 def make_step(model, process, optimizer):

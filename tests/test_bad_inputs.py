@@ -165,12 +165,25 @@ CASES = [
      "--budget must be >= 1"),
     ("scale-out-in-use", ["scale", "digits", "--models", "DiT-S/2", "--budget", "2", "--out", "{w}/busy",
                           "--image_size", "8", "--autoencoder", "pixel"], "study folder '{w}/busy' " + IN_USE),
+    ("scale-guided-cfg-zero", ["scale", "digits", "--models", "DiT-S/2", "--budget", "10", "--guided-cfg", "0",
+                               "--out", "{w}/scale3"], "--guided-cfg must be > 0"),
+    ("scale-guided-cfg-same", ["scale", "digits", "--models", "DiT-S/2", "--budget", "10", "--cfg_scale", "1",
+                               "--guided-cfg", "1", "--out", "{w}/scale4"], "differ from the study's cfg_scale"),
     # --- convert
     ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
     ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),
     ("convert-not-a-checkpoint", ["convert", "official", "{w}/garbage.pt", "{w}/cv3"], "cannot read"),
     ("convert-unknown-format", ["convert", "bogus", "{w}/garbage.pt", "{w}/cv4"], "invalid choice: 'bogus'"),
     ("convert-not-a-model-dir", ["convert", "to-official", "{w}/images", "{w}/cv5.pt"], "is not a saved ditlab model"),
+    # --- designs, sizes and diffusers architectures (issue 13)
+    ("train-bucket-size-vs-patch", [*T, "--data", "{w}/images", "--buckets", "8x7", "--global_batch_size", "2",
+                                    "--run_dir", "{w}/new19"], "bucket 8x7 is not divisible by 2"),
+    ("train-text-design-on-class-data", [*T, "--block", "mmdit", "--run_dir", "{w}/new20"],
+     "block 'mmdit' is a text-to-image design but the data gives class labels"),
+    ("sample-height-vs-patch", ["sample", "{w}/run", "--height", "7", "--out", "{w}/new.png"],
+     "--height 7 is not a multiple of 2"),
+    ("convert-diffusers-other-architecture", ["convert", "diffusers", "{w}/unet", "{w}/cv6"],
+     "holds a diffusers UNet2DConditionModel, which ditlab cannot convert"),
     # --- flops, and the command itself
     ("flops-unknown-model", ["flops", "DiT-Q/9"], "unknown model 'DiT-Q/9'"),
     ("flops-size-vs-patch", ["flops", "DiT-S/2", "--image-size", "7"], "is not divisible by patch"),
@@ -230,6 +243,8 @@ def world(tmp_path_factory) -> Iterator[Path]:
     (w / "unknown.yaml").write_text("stepz: 10\n")
     (w / "types.yaml").write_text("steps: many\n")
     (w / "notes.txt").write_text("not a folder\n")
+    (w / "unet").mkdir()
+    (w / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     np.savez(w / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
     (w / "garbage.pt").write_bytes(b"this is not a checkpoint")
     (w / "truncated.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:100])

@@ -36,6 +36,8 @@ class TrainConfig:
     # --- data ---
     data: str = opt("mnist", "mnist | digits | path to an image folder (class subfolders or flat)")
     image_size: int = opt(32, "side of the square training images in pixels")
+    buckets: str = opt("", "image folders: aspect-ratio buckets, each batch one size: auto (sizes near image_size^2 "
+                           "in area) or HxW,HxW,... in pixels; \"\" = square centre crops")
     flip: bool | None = opt(None, "random horizontal flips (default: on for folders, off for digits)")
     num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
     latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
@@ -64,9 +66,13 @@ class TrainConfig:
     hidden_size: int | None = opt(None, "override the model's width")
     num_heads: int | None = opt(None, "override the model's attention heads")
     patch_size: int | None = opt(None, "override the model's patch size")
-    block: str = opt("adaLN-Zero", "block design: adaLN-Zero | adaLN | cross-attention | in-context | pixart "
-                                   "(text: adaLN-single + cross-attention)")
+    block: str = opt("adaLN-Zero", "block design of DiT names: adaLN-Zero | adaLN | cross-attention | in-context | "
+                                   "adaLN-Zero-in-context | pixart (text: adaLN-single + cross-attention) | mmdit | "
+                                   "u-vit (MMDiT-*, U-ViT-*, SD3-medium bring their own unless this names another)")
     qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
+    pos_embed: str = opt("sincos", "token positions: sincos (2-D sin-cos added to the patches) | rope (2-D rotary)")
+    pos_scale: float = opt(1.0, "position coordinates divided by this (PixArt-α's interpolation scale)")
+    pos_interpolate: bool = opt(False, "every grid's positions span the default grid's range (PixArt-α's base size)")
     cond_dropout_prob: float = opt(0.1, "probability of dropping the condition (label or caption) for guidance")
     # --- process ---
     process: str = opt("ddpm", "ddpm | flow")
@@ -76,6 +82,8 @@ class TrainConfig:
     learn_sigma: bool = opt(True, "ddpm: learn the reverse variance (hybrid loss)")
     time_sampling: str = opt("logit_normal", "flow: training time density: uniform | logit_normal | mode")
     shift: float = opt(1.0, "flow: SD3 time shift (1 = none)")
+    shift_base: int = opt(0, "flow: latent side at which --shift holds; h x w latents use shift*sqrt(hw)/shift_base "
+                             "(SD3's resolution-dependent shift; 0 = one shift for every size)")
     # --- optimisation ---
     steps: int = opt(4000, "training steps (raise it and rerun to train further)", resumable=True)
     global_batch_size: int = opt(128, "images per step over all processes")
@@ -86,8 +94,16 @@ class TrainConfig:
     ema_decay: float = opt(0.9999, "EMA decay of the sampling weights")
     ema_warmup: bool = opt(True, "EMA decay min(ema_decay, (1 + step) / (10 + step)) so short runs are usable")
     autocast: str = opt("none", "none | bf16 | fp16 mixed precision (GPU)")
-    grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less memory)", resumable=True)
+    grad_checkpointing: int = opt(0, "blocks recomputed in the backward pass (less memory, more time): 0 none, "
+                                  "N the first N, -1 or the bare flag all", resumable=True)
     compile: bool = opt(False, "torch.compile the model", resumable=True)
+    compile_blocks: bool = opt(False, "torch.compile each block in place instead (regional: one compiled graph "
+                               "serves every block); not measured on a GPU yet", resumable=True)
+    cuda_graphs: bool = opt(False, "one GPU, no fp16: replay each step's forward + loss + backward (and the VAE's, "
+                            "and sampling's network) as a CUDA graph; not measured on a GPU yet", resumable=True)
+    fused_kernels: bool = opt(False, "fused GPU kernels for adaLN norm + modulate, gated residuals and sampling's "
+                              "GELU (ditlab.models.fused); not measured on a GPU yet; CPU numbers unchanged",
+                              resumable=True)
     fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimiser state (FSDP2)",
                      resumable=True)
     max_nonfinite_steps: int = opt(10, "stop after this many non-finite losses in a row", resumable=True)
@@ -240,6 +256,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# int fields that also take a bare flag or true/false (older runs stored them as booleans): the value of "true"
+FLAG_INTS: dict[str, int] = {"grad_checkpointing": -1}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _field_type(name: str) -> tuple[type, bool]:
@@ -286,6 +305,8 @@ def coerce(key: str, value: Any) -> Any:
                 return False
             raise ValueError
         if tp is int:
+            if key in FLAG_INTS and (isinstance(value, bool) or str(value).strip().lower() in _TRUE[1:] + _FALSE[1:]):
+                return FLAG_INTS[key] if str(value).strip().lower() in _TRUE else 0  # the old boolean
             if isinstance(value, bool):
                 raise ValueError
             if isinstance(value, float) and not value.is_integer():
@@ -368,6 +389,10 @@ def validate(c: TrainConfig) -> None:
     need(c.log_every >= 1, f"log_every must be >= 1, got {c.log_every}")
     need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
     need(c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}")
+    need(c.grad_checkpointing >= -1,
+         f"grad_checkpointing must be -1 (all blocks), 0 (none) or a number of blocks, got {c.grad_checkpointing}")
+    need(not (c.compile and c.compile_blocks),
+         "--compile (the whole model) and --compile_blocks (each block) exclude each other: keep one")
     need(c.eval_num >= 0, f"eval_num must be >= 0, got {c.eval_num}")
     need(c.eval_every >= 0, f"eval_every must be >= 0 (0 = no evaluation during training), got {c.eval_every}")
     need(c.eval_fid_num >= 2, f"eval_fid_num must be >= 2 (statistics need two samples), got {c.eval_fid_num}")
@@ -381,6 +406,14 @@ def validate(c: TrainConfig) -> None:
     need(c.autocast in ("none", "bf16", "fp16"), f"autocast must be none, bf16 or fp16, got '{c.autocast}'")
     need(c.process in ("ddpm", "flow"), f"unknown process '{c.process}': choose ddpm or flow")
     need(bool(c.data) or bool(c.latents), "no training data: pass --data PATH (or mnist, digits) or --latents CACHE")
+    need(c.pos_embed in ("sincos", "rope"), f"unknown pos_embed '{c.pos_embed}': choose sincos or rope")
+    need(c.pos_scale > 0, f"pos_scale must be > 0, got {c.pos_scale}")
+    need(c.shift_base >= 0, f"shift_base must be >= 0 (0 = no resolution shift), got {c.shift_base}")
+    if c.buckets:
+        from ditlab.data.buckets import parse_buckets
+
+        parse_buckets(c.buckets, c.image_size, 1)  # the syntax now; divisibility once the geometry is known
+        need(not c.latents, "--buckets needs image files (--data FOLDER): a latent cache holds one size")
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -415,7 +448,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
             i += 1
         else:
             name = key.replace("-", "_")
-            bare_bool = name in FIELDS and _field_type(name)[0] is bool
+            bare_bool = name in FIELDS and (_field_type(name)[0] is bool or name in FLAG_INTS)
             nxt = tokens[i + 1] if i + 1 < len(tokens) else None
             if nxt is None or nxt.startswith("--"):
                 if name.startswith("no_") and name[3:] in FIELDS:

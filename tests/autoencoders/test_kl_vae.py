@@ -141,6 +141,15 @@ def test_training_is_deterministic_for_a_seed(digits, tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_the_graphed_step_trains_the_same_vae_on_cpu(digits, tmp_path):
+    """cuda_graphs=True (opt-in, for GPUs) runs the same eager step on the CPU: the same file, byte for byte."""
+    cfg = KLAutoencoderConfig(1, 2, 2, (8, 8), (0, 0))
+    train_autoencoder(digits, tmp_path / "a", config=cfg, steps=5, batch_size=8, progress=True, device="cpu")
+    train_autoencoder(digits, tmp_path / "b", config=cfg, steps=5, batch_size=8, progress=True, device="cpu",
+                      cuda_graphs=True)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
 @pytest.mark.parametrize("downsample", [1, 2, 4, 8])
 def test_default_architecture_geometry(downsample):
     cfg = KLAutoencoderConfig.default(3, 4, downsample)

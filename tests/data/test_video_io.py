@@ -78,7 +78,7 @@ def test_mp4_odd_sizes_are_padded_to_even(tmp_path):
 
 
 def test_video_grid_tiles_each_frame_like_make_grid():
-    from ditlab.training.generate import make_grid
+    from ditlab.sampling.outputs import make_grid
 
     rng = np.random.default_rng(0)
     videos = rng.integers(0, 256, (5, 3, 6, 7, 3), dtype=np.uint8)

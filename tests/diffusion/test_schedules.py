@@ -119,3 +119,43 @@ def test_integer_steps_spacing_per_sampler():
     for bad in ("logsnr0", "linspace2000", "logsnrx", "cubic0", "quad"):
         with pytest.raises(ProcessError):
             p.spaced(bad)
+
+
+def test_extract_gathers_on_the_index_device_from_one_cached_copy():
+    import gc
+
+    from ditlab.diffusion import schedules
+
+    table = torch.linspace(0, 1, 10, dtype=torch.float64)
+    like = torch.zeros(3, 2, 2)
+    idx = torch.tensor([0, 4, 9])
+    got = schedules.extract(table, idx, like)
+    assert got.shape == (3, 1, 1) and got.dtype == torch.float32
+    assert got.flatten().tolist() == table[idx].float().tolist()
+    assert table not in schedules._DEVICE_TABLES  # same device: no copy
+    meta = schedules.extract(table, idx.to("meta"), like.to("meta"))  # another device: a copy of the table there
+    assert meta.is_meta and meta.shape == (3, 1, 1)
+    copies = schedules._DEVICE_TABLES[table]
+    assert list(copies) == [torch.device("meta")]
+    schedules.extract(table, idx.to("meta"), like.to("meta"))
+    assert schedules._DEVICE_TABLES[table] is copies and len(copies) == 1  # made once
+    n = len(schedules._DEVICE_TABLES)
+    del table, copies
+    gc.collect()
+    assert len(schedules._DEVICE_TABLES) == n - 1  # dropped with its table
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_loss_on_cuda_records_as_a_cuda_graph():
+    """No host round trip in the DDPM loss: it can be captured (a blocking copy would raise)."""
+    p = create_process("ddpm", learn_sigma=True)
+    x0 = torch.randn(4, 4, 8, 8, device="cuda")
+    t = torch.randint(0, 1000, (4,), device="cuda")
+    noise = torch.randn_like(x0)
+    model = lambda x, tt, **kw: torch.cat([x, torch.tanh(x)], dim=1)  # noqa: E731
+    want = p.training_loss(model, x0, t=t, noise=noise)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = p.training_loss(model, x0, t=t, noise=noise)
+    graph.replay()
+    torch.testing.assert_close(got, want)

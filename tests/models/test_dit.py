@@ -11,7 +11,7 @@ from ditlab.models.blocks import BLOCK_KINDS
 CLASS_BLOCKS = [b for b in BLOCK_TYPES if not BLOCK_KINDS[b].requires_text]
 
 SMALL = [n for n in list_models() if n.startswith(("DiT-T/", "DiT-Test/"))]
-BIG = [n for n in list_models() if n not in SMALL]
+BIG = [n for n in list_models() if n.startswith("DiT-") and n not in SMALL]  # other designs: their own tests
 
 
 def _inputs(n=2, c=4, h=16, w=16, seed=0, num_classes=1000):
@@ -175,6 +175,52 @@ def test_gradient_checkpointing_same_outputs_and_grads(block, randomize):
         torch.testing.assert_close(g1[n], g0[n], rtol=0, atol=0, msg=n)
     ck = create_model("DiT-Test/2", input_size=8, grad_checkpointing=True)
     assert ck.grad_checkpointing
+
+
+@pytest.mark.parametrize("n, blocks", [(1, 1), (2, 2), (-1, 3), (5, 3), (True, 3)])
+def test_checkpointing_the_first_n_blocks_gives_identical_gradients(n, blocks, randomize, monkeypatch):
+    import ditlab.models.dit as dit_module
+
+    model = randomize(create_model("DiT-Test/2", input_size=8, num_classes=10, depth=3))
+    x, t, y = _inputs(h=8, w=8, num_classes=10)
+
+    def run():
+        model.zero_grad()
+        out = model(x, t, y)
+        out.square().mean().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    want = run()
+    model.set_grad_checkpointing(n)
+    assert model.checkpointed_blocks() == blocks
+    calls = []
+    original = dit_module.checkpoint
+    monkeypatch.setattr(dit_module, "checkpoint", lambda fn, *a, **kw: calls.append(fn) or original(fn, *a, **kw))
+    got = run()
+    assert calls == list(model.blocks)[: model.checkpointed_blocks()]  # the first N blocks, in order
+    assert torch.equal(got[0], want[0])
+    for name in want[1]:
+        assert torch.equal(got[1][name], want[1][name]), name
+    with torch.no_grad():
+        model(x, t, y)
+    assert len(calls) == model.checkpointed_blocks()  # nothing is recomputed without gradients
+    for off in (False, 0):
+        model.set_grad_checkpointing(off)
+        assert model.checkpointed_blocks() == 0
+
+
+def test_compile_blocks_compiles_each_block_in_place(randomize):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = randomize(create_model("DiT-Test/2", input_size=8, num_classes=10))
+    x, t, y = _inputs(h=8, w=8, num_classes=10)
+    want = model(x, t, y)
+    keys = list(model.state_dict())
+    assert model.compile_blocks(backend="aot_eager", fullgraph=True) is model
+    assert all(blk._compiled_call_impl is not None for blk in model.blocks)
+    torch.testing.assert_close(model(x, t, y), want)
+    assert list(model.state_dict()) == keys  # checkpoints unchanged: no _orig_mod. prefixes
 
 
 @pytest.mark.slow

@@ -138,3 +138,25 @@ def test_from_run_samples_what_the_command_writes(shapes_run, tmp_path, capsys):
     assert main(["sample", str(shapes_run), "--prompt", "a circle", "--out", str(tmp_path / "x.png")]) == 2
     assert "class-conditional: use --class instead of a prompt" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+def test_cuda_graphs_sample_the_same_on_cpu_through_the_graphed_forward(kind, monkeypatch):
+    """Opt-in (off by default); on the CPU the GraphedForward calls the model eagerly: the same samples."""
+    from ditlab.models import cuda_graph
+
+    pipe = _pipeline(kind=kind)
+    assert pipe.cuda_graphs is False
+    want = pipe(labels=[0, 2], num=5, steps=4, cfg_scale=2.0, batch_size=3, seed=1)
+    calls = []
+    original = cuda_graph.GraphedForward.__call__
+    counting = lambda self, **kw: calls.append(1) or original(self, **kw)  # noqa: E731
+    monkeypatch.setattr(cuda_graph.GraphedForward, "__call__", counting)
+    pipe.cuda_graphs = True
+    got = pipe(labels=[0, 2], num=5, steps=4, cfg_scale=2.0, batch_size=3, seed=1)
+    assert np.array_equal(got.images, want.images)
+    assert len(calls) == 2 * 4  # two batches of four (guided) network evaluations
+    model, graphed = pipe._graphed
+    assert model is pipe.model and graphed.replays == 0
+    pipe(labels=[1], num=1, steps=2)
+    assert pipe._graphed[1] is graphed  # kept across calls

@@ -35,3 +35,27 @@ def test_matches_mnist_sample_metrics_at_32px_and_is_resolution_matched_at_8px()
     # the same 8-px digits against the 28-px statistics (upsampled by the classifier): mostly blur
     blurred_vs_28px = at32.score(small[:300].permute(0, 2, 3, 1).numpy(), small_labels[:300].numpy())
     assert blurred_vs_28px["mnist_fd_ratio"] > 10 * real["mnist_fd_ratio"]
+
+
+class _Blank:
+    """An autoencoder that forgets everything: every reconstruction is a black image."""
+
+    def encode(self, x):
+        return x[:, :, :1, :1]
+
+    def decode(self, z):
+        return -z.new_ones(z.shape[0], 1, 8, 8)
+
+
+def test_reconstruction_score_is_the_floor_for_a_lossless_autoencoder():
+    from ditlab.autoencoders import load_autoencoder
+    from ditlab.evaluation.mnist_classifier import classify
+
+    scorer = MnistFrechet(8)
+    lossless = scorer.score_reconstructions(load_autoencoder("pixel", channels=1), 200, batch_size=64)
+    assert lossless["mnist_fd"] == pytest.approx(scorer.floor(200), rel=1e-9)
+    assert lossless["mnist_fd_ratio"] == pytest.approx(1.0, rel=1e-9)
+    real, labels = scorer._real(200)  # the floor's digits, (200, 1, 8, 8)
+    assert lossless["mnist_accuracy"] == float((classify(real[:, 0])[0] == labels).mean())
+    blank = scorer.score_reconstructions(_Blank(), 200)
+    assert blank["mnist_fd_ratio"] > 10 and blank["mnist_accuracy"] < 0.3

@@ -37,26 +37,28 @@ def _study():
     for name, gflops, values in [("DiT-S/4", 0.02, [40.0, 20.0]), ("DiT-S/8", 0.005, [90.0, 70.0])]:
         models.append({"name": name, "label": name, "depth": 4, "hidden_size": 128, "num_heads": 2,
                        "patch_size": int(name[-1]), "tokens": 64 // int(name[-1]) ** 2, "params": 1_234_567,
-                       "gflops": gflops, "evals": [{"step": s, "mnist_fd": v, "mnist_accuracy": 0.5}
-                                                   for s, v in zip((100, 300), values, strict=True)]})
+                       "gflops": gflops, "batch": 32,
+                       "evals": [{"step": s, "mnist_fd": v, "mnist_accuracy": 0.5, "mnist_fd_ratio": v / 20}
+                                 for s, v in zip((100, 300), values, strict=False)]})
     return {"metric": "mnist_fd", "eval_num": 250, "floor": 1.5, "models": models}
 
 
 def test_table_has_one_row_per_model_and_step():
     lines = study_markdown(_study()).splitlines()
-    assert lines[0].startswith(
-        "| model | depth | hidden | heads | patch | tokens | params (M) | Gflops | step | mnist_fd"
-    )
+    assert lines[0].startswith("| model | depth | hidden | heads | patch | tokens | params (M) | Gflops | step | "
+                               "compute (Gflops) | mnist_fd | mnist_fd_ratio | mnist_accuracy")
     assert len(lines) == 2 + 4
-    assert lines[2] == "| DiT-S/4 | 4 | 128 | 2 | 4 | 4 | 1.235 | 0.0200 | 100 | 40.00 | 0.500 |"
+    assert lines[2] == "| DiT-S/4 | 4 | 128 | 2 | 4 | 4 | 1.235 | 0.0200 | 100 | 192 | 40.00 | 2.000 | 0.500 |"
 
 
-def test_write_study_writes_json_table_and_two_plots(tmp_path):
+def test_write_study_writes_json_table_and_three_plots(tmp_path):
     paths = write_study(_study(), tmp_path)
-    assert json.loads(paths["json"].read_text()) == _study()
+    saved = json.loads(paths["json"].read_text())
+    assert saved.pop("gflops_correlations") == {"mnist_fd": {}, "mnist_accuracy": {}, "log_mnist_fd": {}}  # 2 models
+    assert saved == _study()
     text = paths["markdown"].read_text()
     assert "MNIST-classifier Fréchet distance" in text and "Real-data floor: 1.50" in text
-    for key in ("steps_plot", "gflops_plot"):
+    for key in ("steps_plot", "gflops_plot", "compute_plot"):
         assert paths[key].read_bytes()[:8] == PNG
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 

@@ -74,3 +74,41 @@ def test_round_trip(tmp_path):
     save_config(c, tmp_path / "config.json")
     assert load_config(tmp_path / "config.json") == c
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == 5
+
+
+@pytest.mark.parametrize("tokens, want", [
+    (["--grad_checkpointing"], -1), (["--grad_checkpointing", "14"], 14), (["--grad_checkpointing", "-1"], -1),
+    (["--grad_checkpointing", "true"], -1), (["--grad_checkpointing=off"], 0), (["--no-grad_checkpointing"], 0),
+    (["--grad_checkpointing", "1"], 1), (["--grad_checkpointing", "--steps", "3"], -1), ([], 0),
+])
+def test_grad_checkpointing_counts_blocks_and_takes_the_old_flag(tokens, want):
+    assert resolve_config("mnist", overrides=parse_overrides(tokens)).grad_checkpointing == want
+
+
+def test_runs_saved_with_boolean_grad_checkpointing_still_load(tmp_path):
+    c = resolve_config("digits-tiny")
+    save_config(c, tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    for old, new in ((True, -1), (False, 0), (3, 3)):
+        (tmp_path / "config.json").write_text(json.dumps({**data, "grad_checkpointing": old}))
+        assert load_config(tmp_path / "config.json").grad_checkpointing == new
+    with pytest.raises(ConfigError, match="grad_checkpointing must be"):
+        resolve_config("mnist", overrides={"grad_checkpointing": -2})
+    with pytest.raises(ConfigError, match="expects int"):
+        resolve_config("mnist", overrides={"grad_checkpointing": "some"})
+
+
+def test_compile_and_compile_blocks_exclude_each_other():
+    assert resolve_config("mnist", overrides=parse_overrides(["--compile_blocks"])).compile_blocks
+    with pytest.raises(ConfigError, match="exclude each other"):
+        resolve_config("mnist", overrides=parse_overrides(["--compile", "--compile_blocks"]))
+
+
+def test_help_shows_the_optional_value_and_resumable_fields():
+    from ditlab.commands.train import config_fields_help
+    from ditlab.config import resumable_fields
+
+    text = config_fields_help()
+    assert "--grad_checkpointing [INT] (default 0) [resumable]" in text
+    assert "--compile_blocks BOOL (default False) [resumable]" in text
+    assert {"grad_checkpointing", "compile", "compile_blocks"} <= resumable_fields()

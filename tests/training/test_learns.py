@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ditlab.cli import main
 from ditlab.data import build_dataset
@@ -20,8 +21,18 @@ RECIPE = ["train", "--preset", "digits-tiny", "--process", "flow", "--learn_sigm
           "--sampler", "euler", "--sample_steps", "20", "--cfg_scale", "2.0"]
 
 
-@pytest.mark.slow  # ~45 s on 2 cores: training 300 steps and sampling 300 digits
-def test_tiny_flow_dit_makes_the_requested_digits(tmp_path):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: this model is too small to gain from two, and on a busy machine two spinning
+    OpenMP threads were measured 40x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # ~45 s on one core: training 300 steps and sampling 300 digits
+def test_tiny_flow_dit_makes_the_requested_digits(tmp_path, one_thread):
     from sklearn.linear_model import LogisticRegression
 
     run = tmp_path / "run"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from ditlab.autoencoders.base import Autoencoder
 from ditlab.errors import CheckpointError
+from ditlab.files import atomic_write, atomic_write_json
 
 CONFIG_TYPE = "ditlab-kl-vae"
 DOWNSAMPLE_FACTORS = (1, 2, 4, 8)
@@ -237,7 +237,7 @@ class KLAutoencoder(Autoencoder):
         # Over an older autoencoder: drop its config first, so that a crash between the two renames
         # leaves a folder that refuses to load rather than new weights under an old config.
         (out / "config.json").unlink(missing_ok=True)
-        _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         cfg = dataclasses.asdict(self.config)
         cfg["channels"] = list(cfg["channels"])
         cfg["num_res_blocks"] = list(cfg["num_res_blocks"])
@@ -245,7 +245,7 @@ class KLAutoencoder(Autoencoder):
         # latent_shift lives in the weights file; config.json repeats it for people reading it.
         cfg = {"type": CONFIG_TYPE, "version": 1, **cfg,
                "latent_shift": [round(v, 6) for v in self.latent_shift.tolist()], "identity": self.identity()}
-        _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+        atomic_write_json(out / "config.json", cfg)
         return out
 
     @classmethod
@@ -279,15 +279,3 @@ class KLAutoencoder(Autoencoder):
                 f"autoencoder weights in {path} do not load ({type(err).__name__}): retrain with `ditlab train-vae`"
             ) from err
         return model.eval()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,8 +7,11 @@
 
 OUT_DIR of the first two is a ditlab model directory (config.json + model.safetensors + pipeline.json), which
 ``load_pretrained`` and ``create_model(OUT_DIR)`` read and ``ditlab sample OUT_DIR --autoencoder VAE`` samples:
-pipeline.json holds the process and sampler the published weights were trained and sampled with (the
-paper's: DDPM, linear schedule, 1000 steps, learned sigma; DDPM sampler, 250 steps, guidance 4).
+pipeline.json holds the process and sampler the published weights were trained and sampled with (DiT's:
+DDPM, linear schedule, 1000 steps, learned sigma; DDPM sampler, 250 steps, guidance 4. SD3's: rectified
+flow with time shift 3, Euler, 28 steps, guidance 7, its text encoders named in the condition).
+``diffusers`` takes a ``DiTTransformer2DModel`` or ``SD3Transformer2DModel`` folder, or a pipeline folder
+holding one in ``transformer/``.
 Everything stays local: no hub downloads.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from ditlab.errors import CheckpointError
 
 NAME = "convert"
-HELP = "Convert official DiT checkpoints and diffusers DiT transformers to and from ditlab models."
+HELP = "Convert official DiT checkpoints and diffusers DiT / SD3 transformers to and from ditlab models."
 FORMATS = ("official", "diffusers", "to-official", "to-diffusers")
 
 
@@ -38,28 +41,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_diffusers_transformer(src: Path):
-    from diffusers import DiTTransformer2DModel
+    import json
+
+    import diffusers
+
+    from ditlab.interop import DIFFUSERS_CLASSES
 
     if (src / "transformer" / "config.json").is_file():
-        src = src / "transformer"  # a DiTPipeline directory
+        src = src / "transformer"  # a pipeline directory (DiTPipeline, StableDiffusion3Pipeline)
     if not (src / "config.json").is_file():
         raise CheckpointError(
-            f"{src} is not a diffusers model directory (no config.json): pass a DiTTransformer2DModel "
-            "or DiTPipeline directory saved with save_pretrained"
+            f"{src} is not a diffusers model directory (no config.json): pass a "
+            f"{' or '.join(DIFFUSERS_CLASSES)} folder (or its pipeline's) saved with save_pretrained"
         )
     try:
-        return DiTTransformer2DModel.from_pretrained(str(src), local_files_only=True)
+        kind = json.loads((src / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in DIFFUSERS_CLASSES:
+        raise CheckpointError(f"{src} holds a diffusers {kind or 'model of unknown class'}, which ditlab cannot "
+                              f"convert: pass a {' or '.join(DIFFUSERS_CLASSES)} folder")
+    try:
+        return getattr(diffusers, kind).from_pretrained(str(src), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot load a DiTTransformer2DModel from {src} ({err}): check the directory") from None
+        raise CheckpointError(f"cannot load a {kind} from {src} ({err}): check the directory") from None
 
 
 def write_pipeline_spec(model, dest: Path) -> None:
-    """``pipeline.json``: how ``Pipeline.from_pretrained`` samples a converted DiT (the paper's process,
-    sampler and guidance; a class condition with the checkpoint's label count)."""
+    """``pipeline.json``: how ``Pipeline.from_pretrained`` samples a converted model: a DiT with the paper's
+    process, sampler and guidance and a class condition with the checkpoint's label count; an SD3 MMDiT
+    with SD3's (``ditlab.sampling.loading.SD3_PIPELINE``)."""
     from ditlab.files import atomic_write_json
-    from ditlab.sampling.loading import OFFICIAL_PROCESS, OFFICIAL_SAMPLING, PIPELINE_FILE
+    from ditlab.sampling.loading import OFFICIAL_PROCESS, OFFICIAL_SAMPLING, PIPELINE_FILE, SD3_PIPELINE
 
     cfg = model.config
+    if cfg.block == "mmdit":
+        atomic_write_json(dest / PIPELINE_FILE, SD3_PIPELINE)
+        return
     condition = {"kind": "class", "num_classes": cfg.num_classes} if cfg.num_classes else {"kind": "none"}
     atomic_write_json(dest / PIPELINE_FILE, {"process": {**OFFICIAL_PROCESS, "learn_sigma": cfg.learn_sigma},
                                             "sampling": OFFICIAL_SAMPLING, "condition": condition})
@@ -93,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_pretrained(src)
         to_diffusers(model).save_pretrained(str(dest))
-        if model.config.timestep_freq_shift != 1 or model.config.timestep_scale != 1:
+        if model.config.block == "mmdit":
+            print(f"note: diffusers' SD3 transformer takes timestep = ditlab's t x {model.config.timestep_scale:g}",
+                  file=sys.stderr)
+        elif model.config.timestep_freq_shift != 1 or model.config.timestep_scale != 1:
             print("note: diffusers' config cannot store this model's timestep sinusoid; after "
                   "DiTTransformer2DModel.from_pretrained set time_proj.downscale_freq_shift="
                   f"{model.config.timestep_freq_shift:g} and time_proj.scale={model.config.timestep_scale:g} "

@@ -21,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downsample", type=int, default=8,
                         help="autoencoder downsampling factor (default 8; 1 for pixel space)")
     parser.add_argument("--in-channels", type=int, default=4, help="latent channels (default 4)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000; 0 = unconditional)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes (default: the model's, 1000 for DiT; 0 = unconditional)")
     parser.add_argument("--block", default=None,
-                        help="block design: adaLN-Zero (default), adaLN, cross-attention, in-context")
+                        help="block design: adaLN-Zero (default), adaLN, cross-attention, in-context, "
+                             "adaLN-Zero-in-context, mmdit, u-vit")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: one object for one model, else a list of objects")
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ditlab.evaluation.flops import PAPER_MODELS, gflops_table, model_gflops
 
     names = args.models or PAPER_MODELS
-    if args.in_channels < 1 or args.num_classes < 0:
+    if args.in_channels < 1 or (args.num_classes or 0) < 0:
         raise ModelError("--in-channels must be >= 1 and --num-classes >= 0")
     rows = [
         model_gflops(n, args.image_size, downsample=args.downsample, in_channels=args.in_channels,

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default=None, help="sampler name (default: the run's)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--height", type=int, default=None,
+                        help="sample height in pixels (default: the model's; a multiple of patch x downsampling)")
+    parser.add_argument("--width", type=int, default=None, help="sample width in pixels (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", default="samples.png", help="grid PNG to write")
     parser.add_argument("--out-dir", default=None, help="also write each sample as DIR/000000_class3.png")
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.check_request(labels=args.classes, prompts=prompts)  # a prompt for a class model, ... : one line
     labels = pipe.condition.parse(args.classes or "all") if pipe.condition.kind == "class" else None
     check_sampling(pipe.process, args.sampler or pipe.defaults.sampler, args.steps or pipe.defaults.steps)
+    pipe.latent_shape_at(args.height, args.width)  # a size the model cannot take: one line, before any work
     batches = -(-args.num // args.batch_size)
     with tqdm(total=args.num, desc="sample", unit="img") as bar:
         def progress(step):
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
         got = pipe(labels=labels, prompts=prompts, num=args.num, seed=args.seed, sampler=args.sampler,
                    steps=args.steps, cfg_scale=args.cfg, negative_prompt=args.negative_prompt,
-                   batch_size=args.batch_size, callback=progress if batches else None)
+                   batch_size=args.batch_size, callback=progress if batches else None, height=args.height,
+                   width=args.width)
     groups = len(labels) if labels is not None else (len(prompts) if prompts else 1)
     per_group = args.num // groups
     ncols = per_group if 1 < per_group <= 16 and groups > 1 else None

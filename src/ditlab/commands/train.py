@@ -24,15 +24,16 @@ def config_fields_help() -> str:
     """Every training config field as a flag, with type, default and description (from the dataclass)."""
     import dataclasses
 
-    from ditlab.config import TrainConfig, _field_type
+    from ditlab.config import FLAG_INTS, TrainConfig, _field_type
 
     lines = ["config fields (any of them is a flag: --key value, e.g. --steps 500 --lr 2e-4; a preset sets",
              "some, a YAML file or flags override them; [resumable]: may change when a run resumes):"]
     for f in dataclasses.fields(TrainConfig):
         tp, optional = _field_type(f.name)
-        kind = tp.__name__ + (" or none" if optional else "")
+        kind = (tp.__name__ + (" or none" if optional else "")).upper()
+        kind = f"[{kind}]" if f.name in FLAG_INTS else kind  # the bare flag means FLAG_INTS[name]
         note = " [resumable]" if f.metadata.get("resumable") else ""
-        lines.append(f"  --{f.name} {kind.upper()} (default {f.default!r}){note}")
+        lines.append(f"  --{f.name} {kind} (default {f.default!r}){note}")
         lines.append(f"      {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
@@ -57,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluating: {config.eval_num} samples from the EMA model "
               f"({config.sampler or 'default'} sampler, {config.sample_steps} steps, cfg {config.cfg_scale}) ...",
               flush=True)
+        from ditlab.devices import pick_device
+
         with lock_folder(config.run_dir, flag="--run_dir", what="run directory"):  # it writes the run again
-            metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size)
+            metrics = evaluate_run(config.run_dir, num=config.eval_num, batch_size=config.eval_batch_size,
+                                   device=pick_device(config.device))  # sampled and scored where it trained
         print(format_metrics(metrics))
         print(f"metrics: {config.run_dir}/metrics.json", file=sys.stdout)
     return 0

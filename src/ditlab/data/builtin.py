@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from ditlab.data.transforms import resize_uint8, uint8_to_tensor
 from ditlab.errors import DataError
+from ditlab.files import atomic_write
 
 BUILTIN_DATASETS: dict[str, str] = {
     "mnist": "MNIST handwritten digits, 60,000 train / 10,000 test, 28x28 grayscale, 10 classes",
@@ -79,13 +79,9 @@ def _load_mnist_arrays() -> dict[str, np.ndarray]:
             )
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = _parse_mnist_csv(csv)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file in the same folder, then rename: concurrent first uses each
-        # write their own file and the rename is atomic, so nobody ever reads half a cache.
-        fd, tmp = tempfile.mkstemp(prefix=".mnist-", suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        # Concurrent first uses each write their own temporary file and the rename is atomic, so
+        # nobody ever reads half a cache.
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     except OSError as err:
         warnings.warn(f"could not write the MNIST cache to {path} ({err}); set DITLAB_CACHE to a writable folder",
                       stacklevel=1)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ditlab.errors import DataError, UserError
+from ditlab.files import atomic_write
 
 VIDEO_WRITE_EXTENSIONS = (".gif", ".mp4")
 
@@ -134,15 +135,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -
     if path.is_dir():
         raise UserError(f"output '{path}' is a folder: give a file name ending in "
                         f"{' or '.join(VIDEO_WRITE_EXTENSIONS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{ext}")
-    try:
-        _encode(str(tmp), frames, float(fps), ext)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: _encode(str(tmp), frames, float(fps), ext))
 
 
 def read_video(path: str | os.PathLike, channels: int = 3, max_frames: int | None = None) -> np.ndarray:
@@ -182,7 +175,7 @@ def rgb_to_gray(frames: np.ndarray) -> np.ndarray:
 def video_grid(videos: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile uint8 videos (N, F, H, W, C) into one video (F, rows*(H+pad)+pad, cols*(W+pad)+pad, C).
 
-    Every frame is laid out as ``ditlab.training.generate.make_grid`` lays out images: ``ceil(sqrt(N))``
+    Every frame is laid out as ``ditlab.sampling.outputs.make_grid`` lays out images: ``ceil(sqrt(N))``
     columns by default, row-major, black borders of ``pad`` px.
     """
     videos = np.asarray(videos)

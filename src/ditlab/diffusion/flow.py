@@ -34,6 +34,11 @@ class FlowProcess:
         time_sampling: training-time density of t: ``uniform``, ``logit_normal`` (SD3: sigmoid of
             N(logit_mean, logit_std^2)) or ``mode`` (SD3 eq. 20 with ``mode_scale``).
         shift: SD3 timestep shift, applied to the training t and to the sampling grid (1 = none).
+        shift_base: resolution-dependent shift (SD3 eq. 23; Flux likewise grows it with the token count):
+            ``shift`` holds for latents of ``shift_base`` x ``shift_base`` elements, and latents of h x w use
+            ``shift * sqrt(h * w / shift_base**2)`` (0 = the same shift at every resolution). The times of
+            ``sample_t`` are then at the base resolution; ``training_loss`` and ``sample`` move them to the
+            resolution of their tensors (shift maps compose: the odds t / (1 - t) multiply).
     """
 
     kind = "flow"
@@ -48,8 +53,12 @@ class FlowProcess:
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         mode_scale: float = 1.29,
+        shift_base: int = 0,
     ):
         check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+        if isinstance(shift_base, bool) or not isinstance(shift_base, int) or shift_base < 0:
+            raise ProcessError(f"shift_base must be an int >= 0 (a latent side; 0 = no resolution shift), "
+                               f"got {shift_base!r}")
         if not shift > 0:
             raise ProcessError(f"shift must be > 0, got {shift}; use 1.0 for no shift, e.g. 3.0 for 1024 px")
         if not logit_std > 0:
@@ -63,6 +72,14 @@ class FlowProcess:
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
         self.mode_scale = float(mode_scale)
+        self.shift_base = shift_base
+
+    def shift_for(self, shape: Sequence[int]) -> float:
+        """The shift at latents of ``shape`` (..., h, w): ``shift`` scaled by sqrt(h w / shift_base^2) when
+        ``shift_base`` is set (SD3's resolution-dependent shift), else ``shift``."""
+        if not self.shift_base:
+            return self.shift
+        return self.shift * math.sqrt(shape[-2] * shape[-1] / self.shift_base**2)
 
     def to_dict(self) -> dict[str, Any]:
         """Options that rebuild this process with ``create_process(**d)``."""
@@ -73,6 +90,7 @@ class FlowProcess:
             "logit_mean": self.logit_mean,
             "logit_std": self.logit_std,
             "mode_scale": self.mode_scale,
+            "shift_base": self.shift_base,
         }
 
     def __repr__(self) -> str:
@@ -111,6 +129,8 @@ class FlowProcess:
         if noise is None:
             noise = torch.randn_like(x0)
         t = t.to(device=x0.device, dtype=time_dtype(x0))
+        if self.shift_base:  # from the base resolution's shift to x0's
+            t = shift_time(t, self.shift_for(x0.shape) / self.shift)
         out = model(self.q_sample(x0, t, noise), t, **dict(model_kwargs or {}))
         out = out.to(torch.promote_types(out.dtype, torch.float32))  # the loss in >= fp32 under autocast
         v, _ = split_output(out, x0.shape[1], False, self.kind)
@@ -171,9 +191,15 @@ class FlowProcess:
         ``{"noise_scale": c}`` for euler_maruyama, ``{"eta": float}`` for ddim. ``callback(i, n, x, x0_hat)``
         runs after every step (i = 0 .. n-1) with the new state and the step's guided data prediction;
         raise from it to stop. ``generators``: one per sample for the stochastic samplers' noise.
+        With ``shift_base`` the grid uses the shift of the noise's resolution (``shift_for``).
         """
+        process = self
+        if self.shift_base:
+            options = {**self.to_dict(), "shift": self.shift_for(noise.shape), "shift_base": 0}
+            options.pop("kind")
+            process = FlowProcess(**options)
         return run_sampler(
-            self,
+            process,
             model_fn,
             noise,
             sampler=sampler,

@@ -249,7 +249,7 @@ class GaussianProcess:
     def predict_at(self, out: Tensor, x: Tensor, grid: SamplingGrid, i: int) -> Prediction:
         """``predict`` at level i of a grid from ``sampling_grid`` (kept step n-1-i of its chain); the ODE
         velocity is left to ``Prediction.ode_velocity`` (eps_hat - x0_hat), computed only where used."""
-        k = torch.full((x.shape[0],), grid.num_steps - 1 - i, dtype=torch.long)
+        k = torch.full((x.shape[0],), grid.num_steps - 1 - i, dtype=torch.long, device=x.device)  # see extract()
         return self.predict(out, x, k, grid.chain)
 
     def sample(

@@ -1,6 +1,7 @@
 """Noise schedules of the Gaussian process and ADM-style timestep respacing.
 
-All tables are float64 on the CPU; they are indexed and cast to the data's dtype when used.
+All tables are float64 on the CPU; they are indexed (on the index's device, from a copy made once) and cast to
+the data's dtype when used.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ditlab.errors import ProcessError
 
@@ -167,7 +169,25 @@ class SpacedSchedule:
         )
 
 
+_DEVICE_TABLES = WeakIdKeyDictionary()  # table -> {device: copy}, dropped with the table
+
+
+def _table_on(table: Tensor, device: torch.device) -> Tensor:
+    """``table`` copied to ``device`` once (kept while the table lives)."""
+    copies = _DEVICE_TABLES.setdefault(table, {})
+    if device not in copies:
+        copies[device] = table.to(device)
+    return copies[device]
+
+
 def extract(table: Tensor, index: Tensor, like: Tensor) -> Tensor:
-    """table[index] as (N, 1, ..., 1), on ``like``'s device and dtype, to broadcast against ``like``."""
-    values = table[index.to(table.device)].to(device=like.device, dtype=like.dtype)
+    """table[index] as (N, 1, ..., 1), on ``like``'s device and dtype, to broadcast against ``like``.
+
+    An index on another device than the table gathers from a copy of the table on the index's device,
+    made once: no host round trip per call (a GPU training step or sampler step never waits on the host,
+    and can be recorded as a CUDA graph). The values are the same either way (a gather, then the cast).
+    """
+    if index.device != table.device:
+        table = _table_on(table, index.device)
+    values = table[index].to(device=like.device, dtype=like.dtype)
     return values.reshape(-1, *([1] * (like.dim() - 1)))

@@ -18,8 +18,9 @@ from ditlab.models.config import config_for
 PAPER_MODELS = [f"DiT-{s}/{p}" for s in ("S", "B", "L", "XL") for p in (8, 4, 2)]
 
 
-def count_gflops(model: DiT, input_size: tuple[int, int] | None = None) -> float:
-    """Forward multiply-adds (in 1e9) of ``model`` for one latent of ``input_size`` (default: the config's).
+def count_gflops(model: DiT, input_size: tuple[int, int] | None = None, text_tokens: int = 77) -> float:
+    """Forward multiply-adds (in 1e9) of ``model`` for one latent of ``input_size`` (default: the config's);
+    text models with a prompt of ``text_tokens`` token features (77: CLIP's length).
 
     Counted by running the module under ``FlopCounterMode`` (on the model's own device: use a
     meta-device model to count without computing).
@@ -30,11 +31,16 @@ def count_gflops(model: DiT, input_size: tuple[int, int] | None = None) -> float
     x = torch.zeros(1, cfg.in_channels, h, w, device=device)
     t = torch.zeros(1, device=device)
     y = torch.zeros(1, dtype=torch.long, device=device) if cfg.num_classes else None
+    text = {}
+    if cfg.context_dim:
+        text["context"] = torch.zeros(1, text_tokens, cfg.context_dim, device=device)
+    if cfg.pooled_dim:
+        text["pooled"] = torch.zeros(1, cfg.pooled_dim, device=device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x, t, y)
+            model(x, t, y, **text)
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9

@@ -99,17 +99,36 @@ class MnistFrechet:
         self._mu, self._sigma = _MNIST_TEST_STATS[self.image_size]
         self._floors: dict[int, float] = {}
 
+    def _real(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` training digits of the floor (seeded draw): uint8 (n, 1, H, W) and labels (n,)."""
+        from ditlab.data import build_dataset
+
+        images, labels = build_dataset("mnist", self.image_size, split="train").tensors()
+        pick = np.random.default_rng(self.seed).choice(images.shape[0], size=n, replace=False)
+        return images[pick].numpy(), labels[pick].numpy()
+
     def floor(self, n: int) -> float:
         """The Fréchet distance of ``n`` real training digits at this size (seeded draw; memoised)."""
         if n not in self._floors:
-            from ditlab.data import build_dataset
             from ditlab.evaluation.mnist_classifier import classify
 
-            train, _ = build_dataset("mnist", self.image_size, split="train").tensors()
-            pick = np.random.default_rng(self.seed).choice(train.shape[0], size=n, replace=False)
-            _, feats = classify(train[pick, 0].numpy(), self._model)
+            _, feats = classify(self._real(n)[0][:, 0], self._model)
             self._floors[n] = frechet_distance(*feature_statistics(feats), self._mu, self._sigma)
         return self._floors[n]
+
+    def score_reconstructions(self, autoencoder, n: int, *, device="cpu", batch_size: int = 250) -> dict[str, float]:
+        """``score`` of the autoencoder's reconstructions of the floor's ``n`` training digits: the best a
+        diffusion model in its latent space can do (a ratio of 1 means nothing the classifier sees is lost)."""
+        import torch
+
+        images, labels = self._real(n)
+        out = []
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                x = torch.from_numpy(images[i : i + batch_size]).float() / 127.5 - 1.0  # (B, 1, H, W) in [-1, 1]
+                rec = autoencoder.decode(autoencoder.encode(x.to(device))).float().cpu()  # (B, 1, H, W)
+                out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return self.score(np.concatenate(out), labels)
 
     def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Accuracy against ``labels``, Fréchet distance, its floor and their ratio."""
@@ -149,97 +168,57 @@ def shrink_config(name: str, shrink: float = 1.0) -> dict[str, Any]:
 
 
 def study_markdown(study: dict[str, Any]) -> str:
-    """The results table: one row per model and evaluated step, with size, tokens, Gflops and metric."""
+    """The results table: one row per model and evaluated step, with size, tokens, Gflops, training compute
+    and the metrics (for MNIST: Fréchet distance, its ratio to the real-data floor, class accuracy)."""
+    from ditlab.evaluation.scaling_plots import training_compute
+
     metric = study["metric"]
-    extra = ["mnist_accuracy"] if metric == "mnist_fd" else []
-    head = ["model", "depth", "hidden", "heads", "patch", "tokens", "params (M)", "Gflops", "step", metric, *extra]
+    extra = ["mnist_fd_ratio", "mnist_accuracy"] if metric == "mnist_fd" else []
+    head = ["model", "depth", "hidden", "heads", "patch", "tokens", "params (M)", "Gflops", "step",
+            "compute (Gflops)", metric, *extra]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for m in study["models"]:
         for e in m["evals"]:
+            compute = f"{training_compute(m['gflops'], m['batch'], e['step']):.4g}" if "batch" in m else "?"
             cells = [m["label"], m["depth"], m["hidden_size"], m["num_heads"], m["patch_size"], m["tokens"],
-                     f"{m['params'] / 1e6:.3f}", f"{m['gflops']:.4f}", e["step"], f"{e[metric]:.2f}",
+                     f"{m['params'] / 1e6:.3f}", f"{m['gflops']:.4f}", e["step"], compute, f"{e[metric]:.2f}",
                      *(f"{e[k]:.3f}" for k in extra)]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
-def plot_study(study: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Two PNGs: metric vs training steps (one line per model), metric vs Gflops (one series per step)."""
-    import matplotlib
+def correlation_markdown(study: dict[str, Any]) -> str:
+    """Pearson's r between log10(Gflops) and each metric over the models, one row per checkpoint."""
+    from ditlab.evaluation.scaling_plots import gflops_correlations
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    out_dir = Path(out_dir)
-    metric = study["metric"]
-    label = METRIC_LABELS.get(metric, metric)
-    floor = study.get("floor")
-    models = sorted(study["models"], key=lambda m: m["gflops"])
-    paths = (out_dir / "scaling_steps.png", out_dir / "scaling_gflops.png")
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m in models:
-        ax.plot([e["step"] for e in m["evals"]], [e[metric] for e in m["evals"]], marker="o", label=m["label"])
-    if floor:
-        ax.axhline(floor, color="gray", linestyle=":", label="real data (floor)")
-    ax.set(xlabel="training steps", ylabel=metric, yscale="log", title=f"{metric} vs training steps")
-    ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, label, fontsize=6)
-    fig.tight_layout()
-    _save_fig(fig, paths[0])
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    steps = sorted({e["step"] for m in models for e in m["evals"]})
-    families: dict[str, list] = {}  # one line per size (depth, width), through its patch sizes, as Fig. 2
-    for m in models:
-        families.setdefault(m["name"].split("/")[0], []).append(m)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (family, members) in enumerate(families.items()):
-        for s in steps:
-            pts = [(m["gflops"], e[metric]) for m in members for e in m["evals"] if e["step"] == s]
-            if not pts:
-                continue
-            last = s == steps[-1]
-            ax.plot(*zip(*pts, strict=True), marker="o", color=colors[k % len(colors)], linestyle="-" if last else ":",
-                    alpha=1.0 if last else 0.35, label=f"{family} step {s}" if last or s == steps[0] else None)
-    for m in models:
-        final = m["evals"][-1]
-        ax.annotate(m["label"], (m["gflops"], final[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if floor:
-        ax.axhline(floor, color="gray", linestyle=":", label="real data (floor)")
-    ax.set(xlabel="Gflops per forward pass", ylabel=metric, xscale="log", yscale="log",
-           title=f"{metric} vs Gflops (solid: step {steps[-1]}; dotted: earlier)")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # crowded minor labels on a short axis
-    ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, label, fontsize=6)
-    fig.tight_layout()
-    _save_fig(fig, paths[1])
-    plt.close(fig)
-    return paths
-
-
-def _save_fig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    corr = gflops_correlations(study)
+    names = list(corr)
+    steps = sorted({int(s) for v in corr.values() for s in v})
+    lines = ["| step | " + " | ".join(f"r(log Gflops, {n})" for n in names) + " |", "|---:|" + "---:|" * len(names)]
+    for s in steps:
+        lines.append(f"| {s} | " + " | ".join(f"{corr[n].get(str(s), float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 def write_study(study: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``scaling.json``, ``scaling.md`` and the two plots into ``out_dir``; returns their paths."""
+    """Write ``scaling.json`` (with the Gflops correlations), ``scaling.md`` and the three figures into
+    ``out_dir``; returns their paths (``json``, ``markdown``, ``gflops_plot``, ``steps_plot``, ``compute_plot``)."""
+    from ditlab.evaluation.scaling_plots import gflops_correlations, plot_study
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "scaling.json", out_dir / "scaling.md"
+    study = {**study, "gflops_correlations": gflops_correlations(study)}
     _atomic_text(json_path, json.dumps(study, indent=2) + "\n")
     metric = study["metric"]
     header = f"Metric: {METRIC_LABELS.get(metric, metric)}, {study.get('eval_num', '?')} samples per evaluation."
     if study.get("floor"):
         header += f" Real-data floor: {study['floor']:.2f}."
-    _atomic_text(md_path, header + "\n\n" + study_markdown(study) + "\n")
-    steps_png, gflops_png = plot_study(study, out_dir)
-    return {"json": json_path, "markdown": md_path, "steps_plot": steps_png, "gflops_plot": gflops_png}
+    text = header + "\n\n" + study_markdown(study) + "\n\nCorrelation with log10(Gflops) over the models:\n\n" + \
+        correlation_markdown(study) + "\n"
+    _atomic_text(md_path, text)
+    plots = plot_study(study, out_dir)
+    return {"json": json_path, "markdown": md_path, **{f"{k}_plot": v for k, v in plots.items()}}
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from ditlab.errors import DataError
 from ditlab.evaluation.inception import InceptionFeatures, file_sha1, to_uint8_nhwc
 from ditlab.evaluation.metrics import FeatureStats
+from ditlab.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -210,13 +211,10 @@ def cached_extract(
             logits = z["logits"].astype(np.float64) if "logits" in z.files else None
             return z["features"].astype(np.float64), logits
     feats, logits = extractor.extract(batches(), total=total, progress=progress, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     arrays = {"features": feats.astype(np.float32)}  # the network computes in float32: lossless
     if logits is not None:
         arrays["logits"] = logits.astype(np.float32)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # never leave a half-written cache entry
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))  # never a half-written cache entry
     return feats, logits
 
 
@@ -246,6 +244,4 @@ def save_stats(path: str | Path, stats: FeatureStats) -> Path:
     path = Path(path).expanduser()
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")  # np.savez would append it anyway
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mu=stats.mu, sigma=stats.sigma, num=np.int64(stats.num))
-    return path
+    return atomic_write(path, lambda tmp: np.savez(tmp, mu=stats.mu, sigma=stats.sigma, num=np.int64(stats.num)))

@@ -2,7 +2,8 @@
 
 Every block has the same call signature ``block(x, c, context, context_mask)``:
 ``x`` (N, T, D) image tokens, ``c`` (N, D) the summed timestep + condition embedding, ``context``
-(N, L, D) condition tokens with ``context_mask`` (N, L) True = valid.
+(N, L, D) condition tokens with ``context_mask`` (N, L) True = valid; the keyword ``rope`` (cos, sin) rotates
+self-attention when the model uses 2-D RoPE positions.
 Each block kind *declares* what it consumes (class attributes of ``Block``), and the backbone
 reads the declarations; it never switches on block names.
 """
@@ -13,7 +14,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ditlab.models.layers import Attention, Mlp, modulate
+from ditlab.models import fused
+from ditlab.models.layers import Attention, Mlp
 
 
 class Block(nn.Module):
@@ -65,13 +67,17 @@ class AdaLNZeroBlock(Block):
         nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         # 6 x (N, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c).chunk(6, dim=1)
         )
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # context_mask: the key mask of x itself when condition tokens ride along (in-context kinds), else None;
+        # x + gate * f(norm(x) * (1 + scale) + shift), fused GPU kernels when enabled (models/fused.py)
+        h = self.attn(fused.modulated_layer_norm(x, self.norm1, shift_msa, scale_msa), None, context_mask, rope=rope)
+        x = fused.gated_residual(x, gate_msa, h)
+        h = self.mlp(fused.modulated_layer_norm(x, self.norm2, shift_mlp, scale_mlp))
+        x = fused.gated_residual(x, gate_mlp, h)
         return x  # (N, T, D)
 
 
@@ -91,10 +97,10 @@ class AdaLNBlock(Block):
     # no init_weights: keeping the backbone's Xavier init is what separates adaLN from adaLN-Zero
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-        x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + self.attn(fused.modulated_layer_norm(x, self.norm1, shift_msa, scale_msa), rope=rope)
+        x = x + self.mlp(fused.modulated_layer_norm(x, self.norm2, shift_mlp, scale_mlp))
         return x  # (N, T, D)
 
 
@@ -117,10 +123,10 @@ class CrossAttentionBlock(Block):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if context is None:
             raise ValueError("a cross-attention block needs condition tokens (context)")
-        x = x + self.attn(self.norm1(x))
+        x = x + self.attn(self.norm1(x), rope=rope)
         x = x + self.cross_attn(self.norm_cross(x), context, context_mask)  # (N, T, D)
         x = x + self.mlp(self.norm2(x))
         return x
@@ -139,11 +145,19 @@ class InContextBlock(Block):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         # context_mask here is the key mask of x itself (N, K + T): padding condition tokens are ignored
-        x = x + self.attn(self.norm1(x), None, context_mask)
+        x = x + self.attn(self.norm1(x), None, context_mask, rope=rope)
         x = x + self.mlp(self.norm2(x))
         return x  # (N, K + T, D)
+
+
+class AdaLNZeroInContextBlock(AdaLNZeroBlock):
+    """adaLN-Zero with the condition tokens (text, or [t, label]) riding along in x: the in-context design of
+    the text-to-image comparisons (text tokens appended to the image tokens of an adaLN-Zero DiT), t and the
+    pooled prompt still modulating every block through c. Padding condition tokens are masked as keys."""
+
+    prefix_tokens = True
 
 
 from ditlab.models.pixart import PixArtBlock  # noqa: E402  (it subclasses Block, defined above)
@@ -151,6 +165,7 @@ from ditlab.models.pixart import PixArtBlock  # noqa: E402  (it subclasses Block
 BLOCK_KINDS: dict[str, type[Block]] = {
     "adaLN-Zero": AdaLNZeroBlock,
     "adaLN": AdaLNBlock,
+    "adaLN-Zero-in-context": AdaLNZeroInContextBlock,
     "cross-attention": CrossAttentionBlock,
     "in-context": InContextBlock,
     "pixart": PixArtBlock,  # adaLN-single + cross-attention to text (PixArt-α)
@@ -189,10 +204,10 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if self.table:
             shift, scale = (self.scale_shift_table[None] + c[:, None]).unbind(dim=1)  # 2 x (N, D)
-            x = modulate(self.norm_final(x), shift, scale)
+            x = fused.modulated_layer_norm(x, self.norm_final, shift, scale)
         elif self.adaptive:
             shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
-            x = modulate(self.norm_final(x), shift, scale)
+            x = fused.modulated_layer_norm(x, self.norm_final, shift, scale)
         else:
             x = self.norm_final(x)
         return self.linear(x)  # (N, T, p*p*C_out)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ditlab.errors import ModelError
-from ditlab.models.blocks import BLOCK_KINDS, BLOCK_TYPES
+from ditlab.models.designs import DESIGN_MODELS, OPTION_DEFAULTS, design_kind
 
 # (depth, hidden_size, num_heads). S/B/L/XL are the paper's Table 1; T is a ViT-Tiny-like size
 # for CPU demos and "Test" a 2-block size for unit tests.
@@ -61,10 +61,17 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     block: str = "adaLN-Zero"
     qk_norm: bool = False
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | int = False  # True / -1: every block; N > 0: the first N blocks
     timestep_scale: float = 1.0
     frequency_embedding_size: int = 256
     timestep_freq_shift: float = 0.0  # 0: the paper's embedder; 1: diffusers' DiTTransformer2DModel
+    # positions (ditlab.models.positions): "sincos" added to the patch tokens, or "rope" (2-D rotary, in attention)
+    pos_embed: str = "sincos"
+    pos_scale: float = 1.0  # coordinates divided by this (PixArt-α's interpolation scale)
+    pos_base_size: int = 0  # > 0: every grid spans the coordinates of this many tokens (PixArt-α's base size)
+    pos_max_size: int = 0  # > 0: a grid's positions are the centre crop of a table this wide (SD3)
+    qkv_bias: bool = True  # U-ViT: False
+    final_conv: bool = False  # U-ViT: a 3x3 convolution on the unpatchified output
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. provenance
 
     def __post_init__(self) -> None:
@@ -97,15 +104,31 @@ class DiTConfig:
                 f"input size {h}x{w} is not divisible by patch size {p}: use a latent side that is a "
                 f"multiple of {p} (image side a multiple of {p} x the autoencoder downsampling)"
             )
-        if self.block not in BLOCK_TYPES:
-            raise ModelError(f"unknown block {self.block!r}: choose one of {', '.join(BLOCK_TYPES)}")
+        kind = design_kind(self.block)  # ModelError naming the valid ones for an unknown block
         if self.context_dim < 0 or self.pooled_dim < 0:
             raise ModelError(f"context_dim and pooled_dim must be >= 0, got {self.context_dim}, {self.pooled_dim}")
         if self.num_classes and self.context_dim:
             raise ModelError("a model takes class labels or text, not both: set num_classes=0 or context_dim=0")
-        if BLOCK_KINDS[self.block].requires_text and not self.context_dim:
+        if kind.requires_text and not self.context_dim:
             raise ModelError(f"block {self.block!r} cross-attends to text tokens: build it with context_dim > 0 "
                              "(a text condition)")
+        if self.num_classes and not getattr(kind, "takes_labels", True):
+            raise ModelError(f"block {self.block!r} takes no class labels: build it with num_classes=0")
+        for key, default in OPTION_DEFAULTS.items():
+            if getattr(self, key) != default and key not in getattr(kind, "own_options", ()):
+                raise ModelError(f"{key}={getattr(self, key)!r} is not an option of block {self.block!r}: "
+                                 f"leave it at {default!r}")
+        if self.pos_embed not in ("sincos", "rope"):
+            raise ModelError(f"unknown pos_embed {self.pos_embed!r}: choose sincos or rope")
+        if self.pos_embed == "rope" and (self.hidden_size // self.num_heads) % 4:
+            raise ModelError(f"2-D RoPE needs a head width divisible by 4, got {self.hidden_size // self.num_heads}: "
+                             "change hidden_size or num_heads")
+        if not self.pos_scale > 0 or self.pos_base_size < 0 or self.pos_max_size < 0:
+            raise ModelError(f"pos_scale must be > 0 and pos_base_size, pos_max_size >= 0, got {self.pos_scale}, "
+                             f"{self.pos_base_size}, {self.pos_max_size}")
+        if self.pos_max_size and max(self.grid_size) > self.pos_max_size:
+            raise ModelError(f"a {self.grid_size[0]}x{self.grid_size[1]} token grid exceeds the position table's "
+                             f"{self.pos_max_size} tokens per side: use a smaller input_size")
         if self.hidden_size % self.num_heads:
             raise ModelError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: "
@@ -138,19 +161,29 @@ class DiTConfig:
         return cls(**d)
 
 
+def checkpointed_count(setting: bool | int, depth: int) -> int:
+    """How many leading blocks of ``depth`` a ``grad_checkpointing`` setting recomputes in the backward pass:
+    True or -1 every block, N > 0 the first N, False or 0 none."""
+    if setting is True or (not isinstance(setting, bool) and setting < 0):
+        return depth
+    return min(int(setting), depth)
+
+
 def list_models() -> list[str]:
-    """Registered model names, the paper's 12 first (S, B, L, XL x patch 2/4/8), then tiny ones."""
-    return list(REGISTRY)
+    """Registered model names, the paper's 12 first (S, B, L, XL x patch 2/4/8), then tiny ones, then the
+    other designs (MMDiT, SD3-medium, U-ViT; ``ditlab.models.designs``)."""
+    return [*REGISTRY, *DESIGN_MODELS]
 
 
 def config_for(name: str, **overrides: Any) -> DiTConfig:
     """The config of a registered model with keyword overrides (any DiTConfig field but ``name``)."""
-    if name not in REGISTRY:
-        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
-    depth, hidden, heads, patch = REGISTRY[name]
-    base: dict[str, Any] = dict(
-        name=name, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch
-    )
+    if name in DESIGN_MODELS:
+        base: dict[str, Any] = dict(name=name, **DESIGN_MODELS[name])
+    elif name in REGISTRY:
+        depth, hidden, heads, patch = REGISTRY[name]
+        base = dict(name=name, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
+    else:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
     allowed = {f.name for f in dataclasses.fields(DiTConfig)} - {"name"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ditlab.models.blocks import BLOCK_KINDS, FinalLayer
-from ditlab.models.config import DiTConfig
-from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d
+from ditlab.models.config import DiTConfig, checkpointed_count
+from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder
 from ditlab.models.pixart import SharedModulation
+from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
 
 
 class DiT(nn.Module):
@@ -58,8 +59,8 @@ class DiT(nn.Module):
         # Fixed sin-cos positions, not learned. Kept as a frozen parameter (as in the paper's
         # reference layout) so parameter counts and checkpoint keys match the published ones.
         self.pos_embed = nn.Parameter(
-            sincos_2d(d, *config.grid_size).unsqueeze(0), requires_grad=False
-        )  # (1, T, D)
+            grid_sincos(config, *config.grid_size).unsqueeze(0), requires_grad=False
+        )  # (1, T, D); not added when the positions are 2-D RoPE
         # adaLN-single: one shared regression of the blocks' modulations from c (the blocks declare k)
         k = self.kind.shared_modulation
         self.t_block = SharedModulation(d, k) if k else None
@@ -99,13 +100,31 @@ class DiT(nn.Module):
             block.init_weights()
         self.final_layer.init_weights()
         with torch.no_grad():
-            pos = sincos_2d(self.config.hidden_size, *self.config.grid_size).unsqueeze(0)
+            pos = grid_sincos(self.config, *self.config.grid_size).unsqueeze(0)
             self.pos_embed.copy_(pos.to(self.pos_embed.device))
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each block in the backward pass (saves activation memory, same numbers)."""
+    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
+        """Recompute blocks in the backward pass (less activation memory, same numbers): True or -1 for
+        every block, N > 0 for the first N only (memory and time trade in steps of one block), False or 0
+        for none."""
         self.grad_checkpointing = enabled
         self.config.grad_checkpointing = enabled
+
+    def checkpointed_blocks(self) -> int:
+        """How many leading blocks ``forward`` recomputes in the backward pass."""
+        return checkpointed_count(self.grad_checkpointing, len(self.blocks))
+
+    def compile_blocks(self, **options) -> DiT:
+        """``torch.compile`` every block in place (regional compilation); returns self.
+
+        The blocks share their code, so one compiled graph (forward and backward) serves all of them:
+        compiling takes a fraction of whole-model compilation, parameter names stay as they are
+        (checkpoints unchanged), and the rest of the model runs eagerly. ``options`` go to
+        ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+        """
+        for blk in self.blocks:
+            blk.compile(**options)
+        return self
 
     # ------------------------------------------------------------------ forward
     def unpatchify(self, x: Tensor, grid_h: int, grid_w: int) -> Tensor:
@@ -119,7 +138,7 @@ class DiT(nn.Module):
         if (grid_h, grid_w) == self.config.grid_size:
             return self.pos_embed.to(like.dtype)
         # Another resolution: the closed form for that grid (shape-only branch, traceable).
-        return sincos_2d(self.config.hidden_size, grid_h, grid_w).to(like)[None]
+        return grid_sincos(self.config, grid_h, grid_w).to(like)[None]
 
     def embed_condition(
         self, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
@@ -169,7 +188,11 @@ class DiT(nn.Module):
             raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
         gh, gw = h // p, w // p
         x = self.x_embedder(x)  # (N, T, D)
-        x = x + self._positions(gh, gw, x)
+        rope = None
+        if self.config.pos_embed == "rope":
+            rope = tuple(r.to(x.device) for r in grid_rope(self.config, gh, gw))  # (T, d/2) x 2
+        if rope is None:
+            x = x + self._positions(gh, gw, x)
         c, tokens, mask = self.embed_condition(t, y, context, context_mask, pooled)
         num_prefix = 0
         if self.kind.prefix_tokens:
@@ -180,11 +203,12 @@ class DiT(nn.Module):
                                                    device=mask.device)], dim=1)  # (N, K + T)
         context = tokens if self.kind.uses_tokens else None
         mod = self.t_block(c) if self.t_block is not None else c  # (N, k*D) shared modulations, or c
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, mod, context, mask, use_reentrant=False)
-            else:
-                x = blk(x, mod, context, mask)
+        # condition tokens riding along are not rotated; blocks see the keyword only with RoPE positions
+        extra = {} if rope is None else {"rope": rope_pad(rope, before=num_prefix)}
+        recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else 0  # the first `recompute` blocks
+        for i, blk in enumerate(self.blocks):
+            args = (x, mod, context, mask)
+            x = checkpoint(blk, *args, use_reentrant=False, **extra) if i < recompute else blk(*args, **extra)
         x = x[:, num_prefix:]  # (N, T, D): the condition tokens leave again
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)
         return self.unpatchify(x, gh, gw)  # (N, C_out, H, W)

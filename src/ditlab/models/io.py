@@ -10,13 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from ditlab.errors import CheckpointError
-from ditlab.models.dit import DiT
+from ditlab.files import atomic_write, atomic_write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_pretrained(model: DiT, directory: str | os.PathLike, *, state_dict: dict[str, Tensor] | None = None) -> Path:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *,
+                    state_dict: dict[str, Tensor] | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
     ``state_dict`` replaces the model's own weights (e.g. EMA weights). Files are written under
@@ -28,16 +29,13 @@ def save_pretrained(model: DiT, directory: str | os.PathLike, *, state_dict: dic
     out.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model.state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    tmp_w = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt", "library": "ditlab"})
-    tmp_c = out / (CONFIG_NAME + ".tmp")
-    tmp_c.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    os.replace(tmp_w, out / WEIGHTS_NAME)
-    os.replace(tmp_c, out / CONFIG_NAME)
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt",
+                                                                                       "library": "ditlab"}))
+    atomic_write_json(out / CONFIG_NAME, model.config.to_dict())
     return out
 
 
-def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> DiT:
+def load_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from ``config.json`` and load ``model.safetensors`` strictly.
 
     Returns the model in eval mode (no label dropout), ready for inference; call ``.train()`` to train it.

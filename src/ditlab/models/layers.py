@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ditlab.models import fused
+
 
 # ----------------------------------------------------------------------------- positions
 def sincos_1d(dim: int, pos: Tensor) -> Tensor:
@@ -146,7 +148,8 @@ class Attention(nn.Module):
     Self-attention: q, k, v = qkv(x). Cross-attention: q from x through the first third of the same
     fused weight, k and v from ``context`` through the other two thirds, so one module (and one
     parameter layout) serves both. ``context_mask`` (N, L) bool marks valid keys (True): the context's
-    tokens, or x's own tokens in self-attention (padding inside an in-context sequence).
+    tokens, or x's own tokens in self-attention (padding inside an in-context sequence). ``rope`` (cos, sin)
+    rotates queries and keys of self-attention (``ditlab.models.positions.apply_rope``).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, qkv_bias: bool = True):
@@ -171,11 +174,12 @@ class Attention(nn.Module):
         return F.linear(x, w[first * d:last * d], None if b is None else b[first * d:last * d])
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         n, t, d = x.shape
         if context is None:
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or fused.one_qkv_gemm(x):  # (the latter: opt-in GPU sampling)
                 q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, D): one GEMM, the faster in training
             else:  # sampling: one GEMM per row block of the same weight; same numbers, q/k/v contiguous,
                 # ~5% faster for DiT-B/2 at 256 px on CPU (docs/performance.md)
@@ -187,8 +191,19 @@ class Attention(nn.Module):
         mask = None if context_mask is None else context_mask[:, None, None, :].bool()  # (N, 1, 1, L)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, T|L, d)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None and context is None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+
+
+def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate channel pairs (2k, 2k+1) of x (N, H, T, d) by the angles of ``rope`` (cos, sin each (T, d/2)),
+    as RoPE does (Su et al. 2021); the 2-D angles come from ``ditlab.models.positions.rope_2d``."""
+    cos, sin = (r.to(device=x.device, dtype=x.dtype) for r in rope)
+    pairs = x.unflatten(-1, (-1, 2))  # (N, H, T, d/2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]  # (N, H, T, d/2)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # (N, H, T, d)
 
 
 class Mlp(nn.Module):
@@ -201,7 +216,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # act(fc1(x)); with the fused GPU paths on, bias + GELU in the GEMM's epilogue when sampling
+        return self.fc2(fused.linear_gelu(x, self.fc1, self.act))
 
 
 class PatchEmbed(nn.Module):

@@ -19,8 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ditlab.models import fused
 from ditlab.models.blocks import Block
-from ditlab.models.layers import Attention, Mlp, modulate
+from ditlab.models.layers import Attention, Mlp
 
 
 class PixArtBlock(Block):
@@ -53,7 +54,7 @@ class PixArtBlock(Block):
         nn.init.zeros_(self.cross_attn.proj.bias)
 
     def forward(self, x: Tensor, mod: Tensor, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if context is None:
             raise ValueError("a PixArt block needs the text tokens (context)")
         n, d = x.shape[0], x.shape[2]
@@ -61,9 +62,12 @@ class PixArtBlock(Block):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             (self.scale_shift_table[None] + mod.reshape(n, 6, d)).unbind(dim=1)
         )
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + self.cross_attn(x, context, context_mask)  # (N, T, D): image tokens read the text
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # x + gate * f(norm(x) * (1 + scale) + shift), fused GPU kernels when enabled (models/fused.py)
+        h = self.attn(fused.modulated_layer_norm(x, self.norm1, shift_msa, scale_msa), rope=rope)
+        x = fused.gated_residual(x, gate_msa, h)
+        x = x + self.cross_attn(x, context, context_mask)  # (N, T, D): image tokens read the text (no RoPE)
+        h = self.mlp(fused.modulated_layer_norm(x, self.norm2, shift_mlp, scale_mlp))
+        x = fused.gated_residual(x, gate_mlp, h)
         return x  # (N, T, D)
 
 

@@ -24,6 +24,16 @@ RUN_CONDITION_DIR = "condition"  # what a run's condition keeps beside its recor
 # The official DiT sampling recipe (sample.py of the paper's code): DDPM, 250 steps, guidance 4.
 OFFICIAL_SAMPLING = {"sampler": "ddpm", "steps": 250, "cfg_scale": 4.0}
 OFFICIAL_PROCESS = {"kind": "ddpm", "schedule": "linear", "num_timesteps": 1000, "prediction": "eps"}
+# SD3's recipe (Esser et al. 2024; diffusers' StableDiffusion3Pipeline): rectified flow with time shift 3, Euler,
+# 28 steps, guidance 7. Its text is three encoders: CLIP-L and CLIP-G penultimate states (77 tokens, 768 + 1280
+# wide, zero-padded to 4096) followed by T5-XXL's (4096 wide) as context, every token attended to (no mask),
+# and the two CLIPs' pooled outputs (768 + 1280 = 2048) as the pooled vector.
+SD3_PIPELINE: dict[str, Any] = {
+    "process": {"kind": "flow", "shift": 3.0, "time_sampling": "logit_normal"},
+    "sampling": {"sampler": "euler", "steps": 28, "cfg_scale": 7.0},
+    "condition": {"kind": "text", "encoder": "sd3:clip-l+clip-g+t5-xxl", "context_dim": 4096, "pooled_dim": 2048,
+                  "max_length": 77, "null": "empty", "attend_padding": True},
+}
 LAYOUT_HINT = ("pass a run directory written by `ditlab train` (config.json + checkpoints/) or a model folder "
                "written by `ditlab convert` (config.json + model.safetensors)")
 

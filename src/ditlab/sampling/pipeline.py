@@ -103,11 +103,14 @@ class Pipeline:
         latent_shape: (C, h, w), or (C, F, h, w) for video.
         defaults: sampler, steps and guidance used when a call does not name them.
         info: free-form description (source path, step, class names...) for UIs and logs.
+        cuda_graphs: opt-in (not measured on a GPU yet): on a GPU, each network evaluation of a batch is
+            replayed from a CUDA graph recorded for its shapes (``ditlab.models.cuda_graph.GraphedForward``;
+            the same numbers). Also settable afterwards: ``pipe.cuda_graphs = True``.
     """
 
     def __init__(self, model: nn.Module, process, autoencoder, condition: Condition, latent_shape: Sequence[int],
                  *, defaults: SamplingDefaults | None = None, device: torch.device | str = "cpu",
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, cuda_graphs: bool = False):
         self.model = model
         self.process = process
         self.autoencoder = autoencoder
@@ -116,6 +119,8 @@ class Pipeline:
         self.defaults = defaults or SamplingDefaults()
         self.device = torch.device(device)
         self.info = dict(info or {})
+        self.cuda_graphs = cuda_graphs
+        self._graphed = None  # (model, its GraphedForward), made on first use
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -188,6 +193,31 @@ class Pipeline:
             return self.condition.prompts([negative_prompt] * n)
         return self.condition.null(n)
 
+    # ------------------------------------------------------------------ sizes
+    def latent_shape_at(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """The latent shape of samples ``height`` x ``width`` pixels (None: the pipeline's default size); a
+        one-line UserError for a size the model cannot take (not whole patches of latents, or beyond its
+        position table)."""
+        if height is None and width is None:
+            return self.latent_shape
+        down = int(getattr(self.autoencoder, "downsample", 1) or 1)
+        cfg = getattr(self.model, "config", None)
+        patch = int(getattr(cfg, "patch_size", 1))
+        step = down * patch
+        default_h, default_w = self.latent_shape[-2] * down, self.latent_shape[-1] * down
+        sides = {"--height": default_h if height is None else int(height),
+                 "--width": default_w if width is None else int(width)}
+        for flag, side in sides.items():
+            if side < step or side % step:
+                near = max(step, round(side / step) * step)
+                raise UserError(f"{flag} {side} is not a multiple of {step} (patch {patch} x autoencoder "
+                                f"downsampling {down}): use e.g. {near}")
+        limit = int(getattr(cfg, "pos_max_size", 0) or 0)
+        if limit and max(sides.values()) // step > limit:
+            raise UserError(f"{sides['--height']}x{sides['--width']} exceeds this model's position table of {limit} "
+                            f"patches per side: use at most {limit * step} pixels per side")
+        return (*self.latent_shape[:-2], sides["--height"] // down, sides["--width"] // down)
+
     # ------------------------------------------------------------------ generating
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (N, C, h, w) or (N, C, F, h, w) -> uint8 (N, H, W, C) or (N, F, H, W, C)."""
@@ -206,6 +236,7 @@ class Pipeline:
         sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
         negative_prompt: str | None = None, batch_size: int = 64,
         callback: Callable[[StepInfo], Any] | None = None, decode: bool = True, return_latents: bool = False,
+        height: int | None = None, width: int | None = None,
     ) -> Samples:
         """Generate ``num`` samples (default: one per label / prompt).
 
@@ -220,6 +251,8 @@ class Pipeline:
             callback: called with a ``StepInfo`` after every solver step; returning ``CANCEL`` or raising
                 ``GenerationCancelled`` stops the generation (``GenerationCancelled`` is raised).
             decode / return_latents: what ``Samples`` holds.
+            height / width: the sample size in pixels (default: the pipeline's); any multiple of patch x
+                autoencoder downsampling the model takes (``latent_shape_at``).
         """
         from ditlab.diffusion import per_sample_generators, per_sample_noise
 
@@ -227,6 +260,7 @@ class Pipeline:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
         if negative_prompt is not None and self.condition.kind != "text":
             raise UserError("--negative-prompt needs a text model: drop it")
+        shape = self.latent_shape_at(height, width)
         if cond is not None:
             n = next(iter(cond.values())).shape[0] if cond else (num or 1)
             descriptions = self.condition.describe(cond) or [""] * n
@@ -249,18 +283,19 @@ class Pipeline:
         guided = cfg != 1.0 and self.condition.kind != "none"
         uncond = self._uncond(cond, n, negative_prompt) if guided else None
         self.model.eval()
+        model_fn = self._graphed_model() if self.cuda_graphs else self.model
         batches = list(range(0, n, batch_size))
         images, latents_out = [], []
         for b, start in enumerate(batches):
             stop = min(start + batch_size, n)
             idx = indices[start:stop]
-            noise = per_sample_noise(self.latent_shape, [noise_seed(seed, i) for i in idx]).to(self.device)
+            noise = per_sample_noise(shape, [noise_seed(seed, i) for i in idx]).to(self.device)
             generators = per_sample_generators([solver_seed(seed, i) for i in idx])
             step_callback = None
             if callback is not None:
                 step_callback = self._step_callback(callback, b, len(batches), start)
             latents = self.process.sample(
-                self.model, noise, sampler=sampler, steps=steps,
+                model_fn, noise, sampler=sampler, steps=steps,
                 model_kwargs=cond_to(cond_rows(cond, start, stop), self.device),
                 cfg_scale=cfg if guided else 1.0,
                 uncond_model_kwargs=cond_to(cond_rows(uncond, start, stop), self.device) if guided else None,
@@ -272,11 +307,24 @@ class Pipeline:
                 latents_out.append(latents.float().cpu())
         settings = {"sampler": sampler, "steps": steps, "cfg_scale": cfg, "seed": seed,
                     "negative_prompt": negative_prompt}
+        if shape != self.latent_shape:
+            settings["latent_shape"] = list(shape)
         return Samples(
             images=np.concatenate(images) if decode else None,
             latents=torch.cat(latents_out) if return_latents else None,
             descriptions=list(descriptions), labels=sample_labels, prompts=sample_prompts, settings=settings,
         )
+
+    def _graphed_model(self) -> Callable[..., torch.Tensor]:
+        """``self.model`` called through one GraphedForward (its graphs kept across calls, one per batch shape;
+        CPU tensors run eagerly)."""
+        from ditlab.models.cuda_graph import GraphedForward
+
+        if self._graphed is None or self._graphed[0] is not self.model:  # (a new model: new graphs)
+            model = self.model
+            self._graphed = (model, GraphedForward(lambda x, t, **cond: model(x, t, **cond)))
+        graphed = self._graphed[1]
+        return lambda x, t, **cond: graphed(x=x, t=t, **cond)
 
     def _step_callback(self, callback: Callable[[StepInfo], Any], batch: int, num_batches: int, start: int):
         def on_step(i: int, total: int, x: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> None:

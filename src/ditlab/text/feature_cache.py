@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from ditlab.errors import UserError
+from ditlab.files import atomic_write
 from ditlab.text.encoder import TextEncoder
 
 TABLE_VERSION = 1
@@ -258,15 +258,6 @@ def _used_columns(mask: torch.Tensor) -> int:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
-    """Write under a temporary name in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the table through ``ditlab.files.atomic_write`` (temporary name, fsync, rename)."""
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+

@@ -6,11 +6,13 @@ modification time: a changed or replaced file gets a new entry and is hashed aga
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from ditlab.files import atomic_write
 
 # The files that decide a text encoder's features: weights, configs, tokenizer vocabularies.
 _SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".pt", ".pth")
@@ -52,14 +54,8 @@ def file_digests(paths: list[Path]) -> dict[str, str]:
         _MEMORY[key] = digest
         out[str(p)] = digest
     if changed:
-        try:  # a read-only cache only costs a re-hash next time
-            disk_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".digests-", dir=disk_path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(disk, f)
-            os.replace(tmp, disk_path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
+            atomic_write(disk_path, json.dumps(disk), durable=False)
     return out
 
 

@@ -33,30 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ditlab.errors import CheckpointError
+from ditlab.files import atomic_write, fsync_dir, fsync_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 # What a complete checkpoint folder holds; meta.json is written last and removed first.
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "meta.json")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,8 +127,8 @@ def save_checkpoint(
         meta = {**meta, "step": step, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. end of a resumed run): replace whole
             old = root / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
@@ -154,12 +136,8 @@ def save_checkpoint(
             _remove(old)
         else:
             tmp.rename(final)
-        _fsync_dir(root)
-        pointer_tmp = root / f".{LATEST}.tmp"
-        pointer_tmp.write_text(final.name + "\n")
-        _fsync_file(pointer_tmp)
-        pointer_tmp.replace(root / LATEST)
-        _fsync_dir(root)
+        fsync_dir(root)
+        atomic_write(root / LATEST, final.name + "\n")  # only now does the run point at the new checkpoint
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         cause = io_error(err)

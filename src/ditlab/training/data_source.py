@@ -56,12 +56,18 @@ class BatchOrder:
 
 
 class InMemorySource:
-    """Batches sliced from latents held in memory (built-in datasets, encoded once)."""
+    """Batches sliced from latents held in memory (built-in datasets, encoded once).
+
+    For a GPU (``resident``: None = when ``device`` is CUDA) the latents and records move to it once
+    (MNIST's latents are 61 MB) and every batch is gathered there: no copy from the host per step. The
+    batches hold the same numbers either way.
+    """
 
     def __init__(self, latents: torch.Tensor, records: Records, order: BatchOrder, rank: int, local_batch: int,
-                 device: torch.device, flip: bool = False):
-        self.latents = latents  # (N, C, h, w)
-        self.records = records  # each (N, ...)
+                 device: torch.device, flip: bool = False, resident: bool | None = None):
+        self.resident = device.type == "cuda" if resident is None else resident
+        self.latents = latents.to(device) if self.resident else latents  # (N, C, h, w)
+        self.records = cond_to(records, device) if self.resident else records  # each (N, ...)
         self.order = order
         self.rank = rank
         self.local_batch = local_batch
@@ -74,10 +80,10 @@ class InMemorySource:
         idx = self.order.indices(self.consumed)
         flips = self.order.flips(self.consumed) if self.flip else None  # drawn for the global batch
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
-        idx = idx[lo:hi]
+        idx = idx[lo:hi].to(self.latents.device, non_blocking=True)
         x = self.latents[idx]
         if flips is not None:
-            f = flips[lo:hi]
+            f = flips[lo:hi].to(self.latents.device, non_blocking=True)
             x = torch.where(f[:, None, None, None], x.flip(-1), x)
         self.consumed += 1
         return x.to(self.device, non_blocking=True), cond_to(index_records(self.records, idx), self.device)
@@ -163,13 +169,16 @@ class CacheSource:
 
     Each latent is stored for the image and its horizontal flip; which one a step uses is a fresh draw
     every time, a pure function of (seed, batch number) made for the global batch and then sliced, so it
-    resumes exactly at any world size.
+    resumes exactly at any world size. For a GPU (``pin_memory``: None = when ``device`` is CUDA) the batch
+    is assembled in pinned host memory and copied without blocking, so the copy overlaps the running step
+    (``benchmarks/batch_source.py``).
     """
 
     def __init__(self, cache, records: Records, order: BatchOrder, rank: int, local_batch: int,
-                 device: torch.device, flip: bool = True):
+                 device: torch.device, flip: bool = True, pin_memory: bool | None = None):
         self.cache, self.records, self.order, self.rank, self.local_batch = cache, records, order, rank, local_batch
         self.device, self.flip = device, flip
+        self.pin_memory = device.type == "cuda" if pin_memory is None else pin_memory
         self.consumed = 0
         self.skipped = 0
 
@@ -178,9 +187,14 @@ class CacheSource:
         flips = self.order.flips(self.consumed) if self.flip else torch.zeros(idx.shape[0], dtype=torch.bool)
         lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
         idx, flips = idx[lo:hi], flips[lo:hi]
-        x = torch.stack([self.cache.get(int(i), bool(f)) for i, f in zip(idx, flips, strict=True)])  # (B, C, h, w)
+        items = [self.cache.get(i, f) for i, f in zip(idx.tolist(), flips.tolist(), strict=True)]
+        x = torch.empty((len(items), *items[0].shape), dtype=items[0].dtype, pin_memory=self.pin_memory)
+        torch.stack(items, out=x)  # (B, C, h, w)
+        records = index_records(self.records, idx)
+        if self.pin_memory:
+            records = {key: value.pin_memory() for key, value in records.items()}
         self.consumed += 1
-        return x.to(self.device, non_blocking=True), cond_to(index_records(self.records, idx), self.device)
+        return x.to(self.device, non_blocking=True), cond_to(records, self.device)
 
     def close(self) -> None:
         pass

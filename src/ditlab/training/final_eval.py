@@ -16,20 +16,24 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
     score them.
 
     For MNIST runs the score is the independent-classifier accuracy and Frechet distance (see
-    ``ditlab.evaluation.mnist_classifier``); the result is written to ``RUN_DIR/metrics.json``.
+    ``ditlab.evaluation.mnist_classifier``), computed on ``device`` too; the result is written to
+    ``RUN_DIR/metrics.json``. The run's opt-in GPU switches (``cuda_graphs``, ``fused_kernels``) apply.
     """
     from ditlab.config import load_config
     from ditlab.evaluation.mnist_classifier import mnist_sample_metrics
+    from ditlab.models import fused
     from ditlab.sampling import Pipeline
     from ditlab.sampling.outputs import save_grid
 
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.json")
     pipe = Pipeline.from_run(run_dir, device=device)
+    pipe.cuda_graphs = config.cuda_graphs
     if pipe.condition.kind == "text":
         return _evaluate_text_run(run_dir, config, pipe, num=num, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
-    got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
+    with fused.use(config.fused_kernels):
+        got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
     seconds = time.perf_counter() - t0
     classes = pipe.condition.num_classes if pipe.condition.kind == "class" else 1
     per_class = max(1, num // classes)
@@ -45,7 +49,7 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
         "grid": str(grid),
     }
     if config.data == "mnist" and got.labels is not None:
-        result.update(mnist_sample_metrics(got.images, got.labels))
+        result.update(mnist_sample_metrics(got.images, got.labels, device=device))
         result["bar"] = {"accuracy_min": 0.95, "frechet_ratio_max": 3.0}
         result["meets_bar"] = bool(result["accuracy"] >= 0.95 and result["frechet_ratio"] <= 3.0)
     atomic_write_json(run_dir / "metrics.json", result)
@@ -57,10 +61,12 @@ def _evaluate_text_run(run_dir: Path, config, pipe, *, num: int, batch_size: int
     (``ditlab.evaluation.mnist_text``: held-out and seen combinations, Fréchet distance over ``num``
     samples prompted with test digits' captions)."""
     from ditlab.data import CAPTIONED_BUILTINS
+    from ditlab.models import fused
     from ditlab.sampling.outputs import save_grid
 
     def generate(prompts: list[str]) -> np.ndarray:
-        return pipe(prompts=prompts, num=len(prompts), seed=seed, batch_size=batch_size).images
+        with fused.use(config.fused_kernels):
+            return pipe(prompts=prompts, num=len(prompts), seed=seed, batch_size=batch_size).images
 
     result: dict = {"step": pipe.info["step"], "sampler": pipe.defaults.sampler or pipe.process.default_sampler,
                     "sample_steps": pipe.defaults.steps, "cfg_scale": pipe.defaults.cfg_scale}

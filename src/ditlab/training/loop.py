@@ -19,6 +19,8 @@ import torch
 
 from ditlab.config import TrainConfig
 from ditlab.errors import UserError
+from ditlab.models import fused
+from ditlab.models.cuda_graph import GraphedStep
 from ditlab.runlock import lock_folder_on_rank0
 from ditlab.training import checkpoint as ckpt
 from ditlab.training.distributed import (
@@ -94,13 +96,14 @@ def train(config: TrainConfig) -> TrainResult:
     check_launch(config.fsdp)  # the launch, batch split, precision and compiler, before any work
     check_batch_split(config.global_batch_size, launch_world_size())
     autocast_context(config, device)
-    if config.compile:
+    if config.compile or config.compile_blocks:
         check_compile_backend(device)
     info = init_distributed(device, need_group=config.fsdp)
     try:
         local_batch = check_batch_split(config.global_batch_size, info.world_size)
         log = (lambda text: print(text, flush=True)) if info.is_main else (lambda text: None)
-        with lock_folder_on_rank0(config.run_dir, flag="--run_dir", what="run directory"):  # one writer per run
+        with (lock_folder_on_rank0(config.run_dir, flag="--run_dir", what="run directory"),  # one writer per run
+              fused.use(config.fused_kernels)):  # opt-in fused GPU kernels (the CPU computes the same either way)
             run = build_run(config, info, local_batch, log)
             return _loop(run, log)
     except UserError:
@@ -118,17 +121,32 @@ def train(config: TrainConfig) -> TrainResult:
         cleanup(info)
 
 
+def graphed_step_applies(config: TrainConfig, info) -> bool:
+    """``--cuda_graphs`` records the step for one process without fp16 loss scaling (a DDP or FSDP step
+    talks to the other ranks; the loss scaler decides on the host)."""
+    return config.cuda_graphs and not info.enabled and config.autocast != "fp16"
+
+
 def _loop(run: Run, log) -> TrainResult:
     config, info, device = run.config, run.info, run.device
     n_params = sum(p.numel() for p in run.model.parameters())
     log(f"model {config.model}: {n_params / 1e6:.2f}M parameters, latents {run.latent_shape}, "
         f"condition {run.condition.kind}, {config.process} process, batch {config.global_batch_size}")
     scaler = _grad_scaler(config.autocast == "fp16")  # fp16 gradients underflow without loss scaling
-    autocast = run.autocast()
+    graphs = graphed_step_applies(config, info)
+    if config.cuda_graphs and not graphs:
+        log("cuda_graphs: off (a graphed step needs one process and no fp16 loss scaling)")
+    autocast = run.autocast(cache=not graphs)
 
     def net(x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         with autocast:  # the network in low precision, the loss in float32
             return run.train_model(x, t, **cond).float()
+
+    def step_loss(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **cond) -> torch.Tensor:
+        return run.process.training_loss(net, x0, cond, t=t, noise=noise).mean()
+
+    # opt-in: zero grads + forward + loss + backward as one CUDA graph replay (eager on the CPU: the same step)
+    graphed = GraphedStep(step_loss, run.model.parameters()) if graphs else None
 
     periodic = PeriodicEval(run)  # checks metric weights and references up front
     logger = RunLogger(run.run_dir, start_step=run.step, total_steps=config.steps, tensorboard=config.tensorboard,
@@ -157,14 +175,19 @@ def _loop(run: Run, log) -> TrainResult:
         while run.step < config.steps:
             x0, records = run.source.next()
             # t, noise, condition dropout and option choice drawn for the global batch, this rank's rows kept
-            draws = draw_step(run.process, config.seed, run.step, config.global_batch_size, run.latent_shape,
+            # (the batch's own latent shape: every batch of a bucketed run is one of its sizes)
+            draws = draw_step(run.process, config.seed, run.step, config.global_batch_size, tuple(x0.shape[1:]),
                               device, drop_prob).local(info.rank * local_batch, x0.shape[0])
             cond = run.condition.drop(run.condition.batch(records, draws.choice), draws.drop)
-            loss = run.process.training_loss(net, x0, cond, t=draws.t, noise=draws.noise).mean()
+            if graphed is not None:  # the backward pass is part of the step
+                loss = graphed(x0=x0, t=draws.t, noise=draws.noise, **cond)
+            else:
+                loss = step_loss(x0, draws.t, draws.noise, **cond)
             # decided on the mean over ranks, so that every rank skips the same steps
             if not torch.isfinite(all_reduce_mean(loss.detach(), info)).item():
                 nonfinite_run += 1
-                run.optimizer.zero_grad(set_to_none=True)
+                if graphed is None:  # (a graphed step keeps its gradient tensors; the next step rewrites them)
+                    run.optimizer.zero_grad(set_to_none=True)
                 good = ckpt.latest_checkpoint(run.run_dir)
                 logger.message(f"warning: non-finite loss at step {run.step + 1}; step skipped")
                 if nonfinite_run >= config.max_nonfinite_steps:
@@ -175,8 +198,9 @@ def _loop(run: Run, log) -> TrainResult:
                     )
                 continue
             nonfinite_run = 0
-            run.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if graphed is None:
+                run.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
             if config.grad_clip > 0:
                 scaler.unscale_(run.optimizer)
                 torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)

@@ -120,7 +120,7 @@ def ema_pipeline(run, model=None):
     cfg = run.config
     return Pipeline(model if model is not None else run.ema.shadow, run.process, run.autoencoder, run.condition,
                     run.latent_shape, defaults=SamplingDefaults(cfg.sampler or None, cfg.sample_steps, cfg.cfg_scale),
-                    device=run.device)
+                    device=run.device, cuda_graphs=cfg.cuda_graphs)  # opt-in
 
 
 def unsharded_copy(module, device: torch.device):
@@ -163,7 +163,8 @@ def sample_grid(run, path: Path) -> Path | None:
 
 @torch.no_grad()
 def eval_samples(pipe, config, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Samples ``indices`` of the evaluation set: noise seed i, label ``random_labels(config.seed, [i])``."""
+    """Samples ``indices`` of the evaluation set with ``config``'s sampler, steps and guidance: noise seed i,
+    label ``random_labels(config.seed, [i])``."""
     from ditlab.sampling.many import random_labels
 
     num_classes = pipe.condition.num_classes if pipe.condition.kind == "class" else 0
@@ -171,6 +172,7 @@ def eval_samples(pipe, config, indices: Sequence[int]) -> tuple[np.ndarray, np.n
     if not len(indices):
         return np.zeros((0, 0, 0, 0), np.uint8), labels.numpy()
     got = pipe(labels=labels.tolist() if num_classes else None, num=len(indices), indices=list(indices),
+               sampler=config.sampler or None, steps=config.sample_steps, cfg_scale=config.cfg_scale,
                batch_size=config.eval_batch_size)
     return got.images, labels.numpy()
 

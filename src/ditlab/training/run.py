@@ -57,8 +57,8 @@ class Run:
     restored: dict[str, Any] = field(default_factory=dict)
     fresh: bool = True
 
-    def autocast(self):
-        return autocast_context(self.config, self.device)
+    def autocast(self, cache: bool = True):
+        return autocast_context(self.config, self.device, cache=cache)
 
     def state(self, loss_window: tuple[torch.Tensor, int]) -> dict[str, Any]:
         """The training state of a checkpoint (collective under FSDP: every rank calls it)."""
@@ -82,8 +82,11 @@ class Run:
                                     keep_last=self.config.keep_last)
 
 
-def autocast_context(config: TrainConfig, device: torch.device):
-    """The mixed-precision context of the network's forward pass (checked: GPU only, bf16 support)."""
+def autocast_context(config: TrainConfig, device: torch.device, cache: bool = True):
+    """The mixed-precision context of the network's forward pass (checked: GPU only, bf16 support).
+
+    ``cache=False``: no cache of casted weights across the context (as a step recorded as a CUDA graph needs).
+    """
     if config.autocast == "none":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast]
@@ -92,7 +95,7 @@ def autocast_context(config: TrainConfig, device: torch.device):
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"GPU {torch.cuda.get_device_name(device)} has no bf16 support: use --autocast fp16 "
                           f"(with loss scaling) or --autocast none")
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=cache)
 
 
 def check_same_run(config: TrainConfig, run_dir: Path) -> bool:
@@ -172,9 +175,12 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
         "autoencoder_spec": data.autoencoder_spec,
         "process": process.to_dict(),
         "condition": data.condition.to_dict(),
+        "buckets": data.buckets,  # aspect-ratio buckets (H, W) of a bucketed run, default size first; else None
         "sampling": {"sampler": config.sampler or None, "steps": config.sample_steps, "cfg_scale": config.cfg_scale},
     }
     train_model = torch.compile(model) if config.compile else model
+    if config.compile_blocks:  # each block compiled in place: parameter names (and checkpoints) unchanged
+        train_model = model.compile_blocks()
     if info.enabled and not config.fsdp:
         train_model = wrap_ddp(train_model, info)
     run = Run(config=config, run_dir=run_dir, info=info, device=device, process=process, condition=data.condition,

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ditlab.conditioning import Condition, Records, condition_for_dataset
-from ditlab.config import TrainConfig
+from ditlab.config import FIELDS, TrainConfig
 from ditlab.errors import UserError
 from ditlab.files import atomic_write
+from ditlab.models.designs import check_condition
 from ditlab.sampling.loading import RUN_AUTOENCODER_DIR, RUN_CONDITION_DIR
 from ditlab.training.distributed import DistInfo, barrier
 
@@ -36,12 +37,29 @@ def build_process(config: TrainConfig):
             prediction=config.prediction,
             learn_sigma=config.learn_sigma,
         )
-    return create_process("flow", time_sampling=config.time_sampling, shift=config.shift)
+    return create_process("flow", time_sampling=config.time_sampling, shift=config.shift, shift_base=config.shift_base)
+
+
+def model_block(config: TrainConfig) -> str:
+    """The design a run trains: ``--block``, except that a registered design model (MMDiT-*, U-ViT-*,
+    SD3-medium) keeps its own when ``--block`` is left at its default (DiT's)."""
+    from ditlab.models.designs import DESIGN_MODELS
+
+    if config.model in DESIGN_MODELS and config.block == FIELDS["block"].default:
+        return DESIGN_MODELS[config.model]["block"]
+    return config.block
+
+
+def model_patch_size(config: TrainConfig) -> int:
+    """The patch size of the run's model (``--patch_size`` or the registered model's)."""
+    from ditlab.models.config import config_for
+
+    return config.patch_size or config_for(config.model).patch_size
 
 
 def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: Condition, process) -> nn.Module:
-    """The DiT for latents of shape (C, H, W), with the output channels the process needs and the
-    embedders the condition needs."""
+    """The network for latents of shape (C, H, W) (the default size of a bucketed run), with the output
+    channels the process needs and the embedders the condition needs."""
     from ditlab.models import create_model
 
     overrides: dict[str, Any] = {}
@@ -55,8 +73,11 @@ def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: C
         input_size=(h, w),
         in_channels=c,
         learn_sigma=process.learn_sigma,
-        block=config.block,
+        block=model_block(config),
         qk_norm=config.qk_norm,
+        pos_embed=config.pos_embed,
+        pos_scale=config.pos_scale,
+        pos_base_size=h // model_patch_size(config) if config.pos_interpolate else None,
         grad_checkpointing=config.grad_checkpointing,
         timestep_scale=1000.0 if process.kind == "flow" else 1.0,
         **condition.model_fields(),
@@ -92,6 +113,7 @@ def build_or_load_autoencoder(config: TrainConfig, dataset, run_dir: Path, devic
         seed=config.seed,
         progress=True,
         device=device,
+        cuda_graphs=config.cuda_graphs,  # opt-in
     )
 
 
@@ -149,6 +171,7 @@ class RunData:
     image_channels: int
     autoencoder_spec: str
     dataset: Any = None  # None when training from a latent cache
+    buckets: list[tuple[int, int]] | None = None  # aspect-ratio buckets (H, W) in pixels, default size first
 
 
 def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: int, device: torch.device,
@@ -162,6 +185,7 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     dataset = build_dataset(config.data, config.image_size, flip=False)
     if hasattr(dataset, "report"):  # e.g. captions: how many images have none
         log(dataset.report())
+    bucketed = _bucketed(config, dataset)  # before anything is trained or written: sizes, then the condition
 
     def condition_of_data() -> Condition:  # text: each distinct caption encoded once into RUN_DIR/condition
         return condition_for_dataset(dataset, config.condition, text_encoder=config.text_encoder,
@@ -174,6 +198,7 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     barrier(info)
     if not info.is_main:  # the features are on disk now: read, not encoded again
         condition = condition_of_data()
+    check_condition(model_block(config), condition.model_fields())
     records = condition.records(dataset.metas())
     if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
         autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
@@ -190,6 +215,21 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
             latents = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
         source = InMemorySource(latents, records, order, info.rank, local_batch, device, flip=bool(config.flip))
         latent_shape = tuple(latents.shape[1:])
+    elif bucketed is not None:
+        from ditlab.data.buckets import check_buckets
+        from ditlab.training.buckets import BucketBatchOrder
+
+        check_buckets(bucketed.buckets, model_patch_size(config) * autoencoder.downsample)  # a loaded autoencoder
+        order = BucketBatchOrder(bucketed.assignment, bucketed.buckets, config.global_batch_size, config.seed)
+        if order.unused:
+            log(f"warning: buckets {order.unused} hold fewer images than a global batch and are never drawn")
+        flip = True if config.flip is None else config.flip
+        source = FolderSource(bucketed, records, autoencoder, order, info.rank, local_batch, device,
+                              config.num_workers, flip, config.vae_sample_posterior)
+        with torch.no_grad():
+            probe = autoencoder.encode(dataset_probe(dataset).to(device))  # the latent channels and downsampling
+        (height, width), down = bucketed.buckets[0], autoencoder.downsample
+        latent_shape = (probe.shape[1], height // down, width // down)  # the default (most square) bucket
     else:
         flip = True if config.flip is None else config.flip  # folders: flips on by default (ADM, DiT)
         source = FolderSource(dataset, records, autoencoder, order, info.rank, local_batch, device,
@@ -198,7 +238,21 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
             probe = autoencoder.encode(dataset_probe(dataset).to(device))
         latent_shape = tuple(probe.shape[1:])
     return RunData(source, autoencoder, condition, latent_shape, int(getattr(dataset, "channels", 3)),
-                   autoencoder_spec(config), dataset)
+                   autoencoder_spec(config), dataset, None if bucketed is None else list(bucketed.buckets))
+
+
+def _bucketed(config: TrainConfig, dataset):
+    """The bucketed view of an image folder when ``--buckets`` is set (None otherwise); one-line errors for
+    built-in data and for sizes that are not whole token grids (patch x the downsampling known so far)."""
+    if not config.buckets:
+        return None
+    from ditlab.data.buckets import bucketed_folder
+
+    if hasattr(dataset, "tensors"):
+        raise UserError(f"--buckets is for image folders of mixed sizes; '{config.data}' is square built-in data: "
+                        "drop --buckets")
+    down = {"auto": config.vae_downsample, "pixel": 1}.get(config.autoencoder, 1)  # others: checked once loaded
+    return bucketed_folder(config.buckets, config.data, config.image_size, model_patch_size(config) * down)
 
 
 def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: torch.device) -> RunData:
@@ -219,6 +273,7 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
         from ditlab.conditioning import NoCondition
 
         condition = NoCondition()
+    check_condition(model_block(config), condition.model_fields())
     order = BatchOrder(len(cache), config.global_batch_size, config.seed)
     flip = True if config.flip is None else config.flip
     records: Records = cache.records if condition.kind != "none" else {}
