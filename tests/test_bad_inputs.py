@@ -27,6 +27,9 @@ from ditlab.training import checkpoint as ckpt
 
 TINY = ["--preset", "digits-tiny", "--global_batch_size", "16", "--steps", "2"]
 T = ["train", *TINY]
+# a text model on a captioned 8x8 folder (issue 12)
+TEXT = ["--image_size", "8", "--autoencoder", "pixel", "--condition", "text", "--block", "pixart",
+        "--text_max_length", "8", "--global_batch_size", "4"]
 UNWRITABLE = "/sys/ditlab-bad-input"  # refused even to root (sysfs), unlike a chmod-ed folder
 IN_USE = f"is in use by PID {os.getpid()} on {socket.gethostname()} since "  # {w}/busy: locked by this process
 
@@ -73,6 +76,28 @@ CASES = [
     ("train-damaged-meta", [*T, "--steps", "4", "--run_dir", "{w}/run-meta"], "damaged meta.json"),
     ("train-damaged-run-config", [*T, "--run_dir", "{w}/run-config"], "is not valid JSON"),
     ("train-run-dir-in-use", [*T, "--run_dir", "{w}/busy"], "run directory '{w}/busy' " + IN_USE),
+    # --- train: captions and text encoders (issue 12)
+    ("train-metadata-not-json", [*T, *TEXT, "--data", "{w}/captions-bad-json", "--run_dir", "{w}/new14"],
+     "metadata.jsonl line 2 is not JSON"),
+    ("train-caption-not-utf8", [*T, *TEXT, "--data", "{w}/captions-latin1", "--run_dir", "{w}/new15"],
+     "0.txt is not UTF-8 text (line 1): save it as UTF-8"),
+    ("train-text-encoder-not-a-folder", [*T, *TEXT, "--data", "{w}/captions", "--text_encoder", "{w}/notes.txt",
+                                         "--run_dir", "{w}/new16"], "is a file, not a folder"),
+    ("train-text-encoder-not-an-encoder", [*T, *TEXT, "--data", "{w}/captions", "--text_encoder", "{w}/images",
+                                           "--run_dir", "{w}/new17"], "has no config.json"),
+    ("train-text-condition-without-captions", [*T, *TEXT, "--data", "{w}/images", "--run_dir", "{w}/new18"],
+     "--condition text needs a captioned dataset"),
+    ("train-unknown-text-null", [*T, *TEXT, "--text_null", "zeros"], "text_null must be empty or learned"),
+    ("sample-prompt-for-class-model", ["sample", "{w}/run", "--prompt", "a 3", "--out", "{w}/new.png"],
+     "this model is class-conditional: use --class instead of a prompt"),
+    ("sample-class-for-text-model", ["sample", "{w}/text-run", "--class", "3", "--out", "{w}/new.png"],
+     "this model is a text model: use --prompt instead of class labels"),
+    ("sample-empty-prompts-file", ["sample", "{w}/text-run", "--prompts-file", "{w}/blank.txt", "--out",
+                                   "{w}/new.png"], "holds no prompt: write one prompt per line"),
+    ("sample-missing-prompts-file", ["sample", "{w}/text-run", "--prompts-file", "{w}/nope.txt", "--out",
+                                     "{w}/new.png"], "prompts file '{w}/nope.txt' not found"),
+    ("sample-negative-prompt-for-class-model", ["sample", "{w}/run", "--negative-prompt", "a 3", "--out",
+                                                "{w}/new.png"], "--negative-prompt needs a text model"),
     # --- sample
     ("sample-missing-run", ["sample", "{w}/nope"], "does not exist"),
     ("sample-not-a-run", ["sample", "{w}/images"], "neither a run directory nor a model folder"),
@@ -97,15 +122,15 @@ CASES = [
     ("train-video-clips-too-short", [*T, "--data", "{w}/shortvideos", "--num_frames", "8", "--run_dir", "{w}/new_v2"],
      "no clip in"),
     ("train-frames-vs-temporal-patch", ["train", "--preset", "moving-mnist-tiny", "--temporal_patch_size", "3",
-                                        "--run_dir", "{w}/new16"],
+                                        "--run_dir", "{w}/newv16"],
      "num_frames 4 is not divisible by temporal_patch_size 3"),
     ("train-default-frames-vs-temporal-patch", ["train", "--preset", "moving-mnist-tiny", "--num_frames", "0",
-                                                "--temporal_patch_size", "3", "--run_dir", "{w}/new17"],
+                                                "--temporal_patch_size", "3", "--run_dir", "{w}/newv17"],
      "8 frames are not divisible by the temporal patch size 3"),
     ("train-moving-digits-flipped", ["train", "--preset", "moving-mnist-tiny", "--flip", "true", "--run_dir",
-                                     "{w}/new18"], "cannot be flipped"),
+                                     "{w}/newv18"], "cannot be flipped"),
     ("train-moving-digits-small-canvas", ["train", "--preset", "moving-mnist-tiny", "--image_size", "32", "--run_dir",
-                                          "{w}/new19"], "at least 34 px"),
+                                          "{w}/newv19"], "at least 34 px"),
     ("sample-video-as-png", ["sample", "{w}/run-video", "--out", "{w}/new.png"], "cannot write a video as '.png'"),
     ("sample-video-unknown-extension", ["sample", "{w}/run-video", "--out", "{w}/new.avi"],
      "cannot write a video as '.avi'"),
@@ -177,8 +202,8 @@ CASES = [
     ("convert-not-a-model-dir", ["convert", "to-official", "{w}/images", "{w}/cv5.pt"], "is not a saved ditlab model"),
     # --- designs, sizes and diffusers architectures (issue 13)
     ("train-bucket-size-vs-patch", [*T, "--data", "{w}/images", "--buckets", "8x7", "--global_batch_size", "2",
-                                    "--run_dir", "{w}/new14"], "bucket 8x7 is not divisible by 2"),
-    ("train-text-design-on-class-data", [*T, "--block", "mmdit", "--run_dir", "{w}/new15"],
+                                    "--run_dir", "{w}/new19"], "bucket 8x7 is not divisible by 2"),
+    ("train-text-design-on-class-data", [*T, "--block", "mmdit", "--run_dir", "{w}/new20"],
      "block 'mmdit' is a text-to-image design but the data gives class labels"),
     ("sample-height-vs-patch", ["sample", "{w}/run", "--height", "7", "--out", "{w}/new.png"],
      "--height 7 is not a multiple of 2"),
@@ -230,6 +255,16 @@ def world(tmp_path_factory) -> Iterator[Path]:
 
     write_video(w / "shortvideos" / "x.gif", np.zeros((3, 8, 8, 1), np.uint8))
 
+    (w / "captions").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(w / "captions" / f"{i}.png")
+        (w / "captions" / f"{i}.txt").write_text(f"a square of grey {i}\n", encoding="utf-8")
+    assert main(["train", *TINY, *TEXT, "--data", str(w / "captions"), "--run_dir", str(w / "text-run")]) == 0
+    shutil.copytree(w / "captions", w / "captions-bad-json")
+    (w / "captions-bad-json" / "metadata.jsonl").write_text('{"file_name": "0.png", "text": "a"}\n{"file_name": \n')
+    shutil.copytree(w / "captions", w / "captions-latin1")
+    (w / "captions-latin1" / "0.txt").write_bytes("un carré gris".encode("latin-1"))
+    (w / "blank.txt").write_text("\n  \n", encoding="utf-8")
     (w / "empty").mkdir()
     (w / "corrupt" / "a").mkdir(parents=True)
     for i in range(3):

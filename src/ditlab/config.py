@@ -42,7 +42,17 @@ class TrainConfig:
     flip: bool | None = opt(None, "random horizontal flips (default: on for folders, off for digits)")
     num_workers: int = opt(2, "image decoding processes for folders", resumable=True)
     latents: str | None = opt(None, "train from a latent cache made by `ditlab extract-latents`")
-    condition: str = opt("auto", "auto | class | none: what the model is conditioned on (auto: what the data has)")
+    condition: str = opt("auto", "auto | class | text | none: what the model is conditioned on (auto: what the "
+                                 "data has: captions, else classes)")
+    text_encoder: str = opt("minilm", "text models: minilm (built in) or a local Hugging Face text-encoder folder "
+                                      "(T5/UMT5, CLIP text, BERT-like)")
+    text_max_length: int | None = opt(None, "text models: token positions per caption (longer ones are truncated "
+                                            "with a warning; default: the encoder's, 64 for minilm)")
+    text_null: str = opt("empty", "text models: null condition of caption dropout and guidance: empty (the empty "
+                                  "prompt's features) | learned (a learned null token)")
+    text_standardize: bool = opt(False, "text models: standardise each text-feature dimension by its mean and std "
+                                        "over the dataset's captions (measured once, stored with the features; "
+                                        "worse on the text demo at equal steps)")
     # --- video (docs/video.md) ---
     num_frames: int = opt(0, "video: frames per clip (0: the data's own, 8 for moving-mnist); a folder is read "
                              "as videos when > 0")
@@ -71,8 +81,8 @@ class TrainConfig:
     num_heads: int | None = opt(None, "override the model's attention heads")
     patch_size: int | None = opt(None, "override the model's patch size")
     block: str = opt("adaLN-Zero", "block design of DiT names: adaLN-Zero | adaLN | cross-attention | in-context | "
-                                   "adaLN-Zero-in-context | mmdit | u-vit (MMDiT-*, U-ViT-*, SD3-medium bring their "
-                                   "own unless this names another)")
+                                   "adaLN-Zero-in-context | pixart (text: adaLN-single + cross-attention) | mmdit | "
+                                   "u-vit (MMDiT-*, U-ViT-*, SD3-medium bring their own unless this names another)")
     qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
     pos_embed: str = opt("sincos", "token positions: sincos (2-D sin-cos added to the patches) | rope (2-D rotary; "
                                    "3-D for video)")
@@ -270,6 +280,9 @@ def validate(c: TrainConfig) -> None:
     need(0.0 <= c.cond_dropout_prob < 1.0, f"cond_dropout_prob must be in [0, 1), got {c.cond_dropout_prob}")
     need(c.condition in ("auto", "class", "text", "none"),
          f"unknown condition '{c.condition}': choose auto, class, text or none")
+    need(c.text_null in ("empty", "learned"), f"text_null must be empty or learned, got '{c.text_null}'")
+    need(c.text_max_length is None or c.text_max_length >= 2,
+         f"text_max_length must be >= 2 (or none for the encoder's default), got {c.text_max_length}")
     need(c.cfg_scale >= 0, f"cfg_scale must be >= 0, got {c.cfg_scale}")
     need(c.sample_steps >= 1, f"sample_steps must be >= 1, got {c.sample_steps}")
     need(c.ckpt_every >= 1, f"ckpt_every must be >= 1, got {c.ckpt_every}")

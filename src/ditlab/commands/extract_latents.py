@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="discard a cache with other settings at --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--text-encoder", "--text_encoder", dest="text_encoder", default="minilm",
+                        help="captioned data: minilm or a local text-encoder folder (each caption encoded once)")
+    parser.add_argument("--text-max-length", "--text_max_length", dest="text_max_length", type=int, default=None,
+                        help="captioned data: token positions per caption (default: the encoder's)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                 shard_size=args.shard_size, dtype=args.dtype, sample=args.sample_posterior, seed=args.seed,
                 num_workers=args.workers, max_bad_fraction=args.max_bad_fraction, overwrite=args.overwrite,
                 progress=not args.no_progress, device=device, dataset_spec=_absolute(args.data),
-                autoencoder_spec=_absolute(args.autoencoder),
+                autoencoder_spec=_absolute(args.autoencoder), text_encoder=args.text_encoder,
+                text_max_length=args.text_max_length,
             )
     finally:
         if created:

@@ -121,11 +121,13 @@ def extract_latents(
     shard_size: int = 1024, dtype: str = "float16", sample: bool = False, seed: int = 0,
     num_workers: int = 0, max_bad_fraction: float = 0.01, overwrite: bool = False,
     progress: bool = True, device: str | torch.device = "cpu", dataset_spec: str = "",
-    autoencoder_spec: str = "", condition=None,
+    autoencoder_spec: str = "", condition=None, text_encoder: str = "minilm", text_max_length: int | None = None,
 ) -> dict:
     """Encode ``dataset`` (items ``(image (C, H, W) in [-1, 1], meta)`` or ``None``) and the
     horizontal flip of every image with ``autoencoder`` into a latent cache at ``out``; the rows'
-    condition records (``condition``, default: what the dataset supports) are stored with them.
+    condition records (``condition``, default: what the dataset supports) are stored with them; for a
+    captioned dataset that is a text condition whose caption features (``text_encoder``,
+    ``text_max_length``) are encoded once into ``$DITLAB_CACHE/text-features`` and stored in the cache.
     Video datasets (items ``(clip (C, F, H, W), meta)``) are encoded frame by frame and stored as
     (F, C, h, w) per clip.
 
@@ -138,7 +140,11 @@ def extract_latents(
     """
     from ditlab.conditioning import condition_for_dataset
 
-    condition = condition if condition is not None else condition_for_dataset(dataset)
+    if condition is None:
+        from ditlab.data.builtin import cache_dir
+
+        condition = condition_for_dataset(dataset, text_encoder=text_encoder, text_max_length=text_max_length,
+                                          root=cache_dir() / "text-features", device=device)
     dist = torch.distributed
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0

@@ -294,11 +294,12 @@ class LatentCache:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    def condition(self):
-        """The condition the records belong to (``ditlab.conditioning``)."""
+    def condition(self, **options):
+        """The condition the records belong to (``ditlab.conditioning``); ``options`` go to the condition
+        (e.g. ``device``, ``text_null``)."""
         from ditlab.conditioning import condition_from_dict
 
-        return condition_from_dict(self.index.condition, root=self.root / CONDITION_DIR)
+        return condition_from_dict(self.index.condition, root=self.root / CONDITION_DIR, **options)
 
     def _shard(self, k: int) -> np.ndarray:
         mm = self._maps.get(k)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ditlab.models import fused
@@ -27,6 +28,9 @@ class Block(nn.Module):
         requires_text: the kind only makes sense with text tokens (a model without ``context_dim`` is refused).
         adaptive_final: the final layer norm is modulated by ``c`` (the adaLN designs).
         zero_final_modulation: that modulation starts at zero (adaLN-Zero).
+        shared_modulation: k > 0: the backbone maps c through ONE shared SiLU-Linear to k*D modulation
+            values and passes those to every block instead of c (adaLN-single, PixArt-α).
+        final_table: the final layer's shift and scale are a learned (2, D) table plus c (PixArt-α).
     """
 
     uses_tokens: ClassVar[bool] = False
@@ -34,6 +38,8 @@ class Block(nn.Module):
     requires_text: ClassVar[bool] = False
     adaptive_final: ClassVar[bool] = False
     zero_final_modulation: ClassVar[bool] = False
+    shared_modulation: ClassVar[int] = 0
+    final_table: ClassVar[bool] = False
 
     def init_weights(self) -> None:
         """Kind-specific initialisation after the backbone's Xavier init (default: none)."""
@@ -154,12 +160,15 @@ class AdaLNZeroInContextBlock(AdaLNZeroBlock):
     prefix_tokens = True
 
 
+from ditlab.models.pixart import PixArtBlock  # noqa: E402  (it subclasses Block, defined above)
+
 BLOCK_KINDS: dict[str, type[Block]] = {
     "adaLN-Zero": AdaLNZeroBlock,
     "adaLN": AdaLNBlock,
     "adaLN-Zero-in-context": AdaLNZeroInContextBlock,
     "cross-attention": CrossAttentionBlock,
     "in-context": InContextBlock,
+    "pixart": PixArtBlock,  # adaLN-single + cross-attention to text (PixArt-α)
 }
 BLOCK_TYPES = tuple(BLOCK_KINDS)
 
@@ -168,18 +177,22 @@ class FinalLayer(nn.Module):
     """Layer norm (adaptive for the adaLN designs) and a linear decoder to p*p*out_channels.
 
     The linear decoder starts at zero in every design, so a fresh model predicts zeros; with
-    adaLN-Zero the final modulation starts at zero too, as in the paper.
+    adaLN-Zero the final modulation starts at zero too, as in the paper. ``table``: shift and scale are
+    a learned (2, D) table plus c (PixArt-α's final layer).
     """
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int, adaptive: bool,
-                 zero_modulation: bool):
+                 zero_modulation: bool, table: bool = False):
         super().__init__()
         self.adaptive = adaptive
         self.zero_modulation = zero_modulation
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=not adaptive, eps=1e-6)
+        self.table = table
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=not (adaptive or table), eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         if adaptive:
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        if table:
+            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
     def init_weights(self) -> None:
         nn.init.zeros_(self.linear.weight)
@@ -189,7 +202,10 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        if self.adaptive:
+        if self.table:
+            shift, scale = (self.scale_shift_table[None] + c[:, None]).unbind(dim=1)  # 2 x (N, D)
+            x = fused.modulated_layer_norm(x, self.norm_final, shift, scale)
+        elif self.adaptive:
             shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
             x = fused.modulated_layer_norm(x, self.norm_final, shift, scale)
         else:

@@ -57,6 +57,7 @@ class DiTConfig:
     learn_sigma: bool = True
     context_dim: int = 0  # text: width of the encoder's token features (0 = no text tokens)
     pooled_dim: int = 0  # text: width of the pooled prompt vector added to the time embedding (0 = none)
+    learned_null: bool = False  # text: a row without tokens (the null condition) reads a learned token
     depth: int = 12
     hidden_size: int = 384
     num_heads: int = 6

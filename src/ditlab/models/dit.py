@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from ditlab.models.blocks import BLOCK_KINDS, FinalLayer
 from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder
+from ditlab.models.pixart import SharedModulation
 from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
 
 
@@ -46,21 +47,29 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(
             d, config.frequency_embedding_size, config.timestep_scale, config.timestep_freq_shift
         )
+        self.kind = BLOCK_KINDS[config.block]  # what the blocks consume, declared on the block class
+        tokens = self.kind.uses_tokens or self.kind.prefix_tokens
         self.y_embedder = LabelEmbedder(config.num_classes, d) if config.num_classes > 0 else None
-        self.context_embedder = ConditionMlp(config.context_dim, d, "gelu") if config.context_dim else None
+        # text token features only where the blocks read tokens; a pooled vector goes into c for any kind
+        self.context_embedder = ConditionMlp(config.context_dim, d, "gelu") if config.context_dim and tokens else None
         self.pooled_embedder = ConditionMlp(config.pooled_dim, d, "silu") if config.pooled_dim else None
+        # a row with no text token (the "learned" null condition) reads this token instead (PixArt's y_embedding)
+        self.null_token = nn.Parameter(torch.zeros(1, d)) if self.context_embedder is not None and \
+            config.learned_null else None
         # Fixed sin-cos positions, not learned. Kept as a frozen parameter (as in the paper's
         # reference layout) so parameter counts and checkpoint keys match the published ones.
         self.pos_embed = nn.Parameter(
             grid_sincos(config, *config.grid_size).unsqueeze(0), requires_grad=False
         )  # (1, T, D); not added when the positions are 2-D RoPE
-        self.kind = BLOCK_KINDS[config.block]  # what the blocks consume, declared on the block class
+        # adaLN-single: one shared regression of the blocks' modulations from c (the blocks declare k)
+        k = self.kind.shared_modulation
+        self.t_block = SharedModulation(d, k) if k else None
         self.blocks = nn.ModuleList(
             self.kind(d, config.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(
             d, p, self.out_channels, adaptive=self.kind.adaptive_final,
-            zero_modulation=self.kind.zero_final_modulation,
+            zero_modulation=self.kind.zero_final_modulation, table=self.kind.final_table,
         )
         self.initialize_weights()
 
@@ -83,6 +92,10 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.t_block is not None:
+            self.t_block.init_weights()
+        if self.null_token is not None:
+            nn.init.normal_(self.null_token, std=0.02)
         for block in self.blocks:
             block.init_weights()
         self.final_layer.init_weights()
@@ -154,6 +167,11 @@ class DiT(nn.Module):
             raise ValueError("this text model needs the prompt's token features (context=..., context_mask=...)")
         text = self.context_embedder(context)  # (N, L, D)
         mask = None if context_mask is None else context_mask.bool()
+        if self.null_token is not None and mask is not None:  # rows without tokens: the learned null token
+            empty = ~mask.any(dim=1)  # (N,)
+            first = torch.where(empty[:, None], self.null_token.to(text.dtype).expand(n, -1), text[:, 0])  # (N, D)
+            text = torch.cat([first[:, None], text[:, 1:]], dim=1)  # (N, L, D)
+            mask = torch.cat([(mask[:, 0] | empty)[:, None], mask[:, 1:]], dim=1)  # (N, L)
         if self.kind.prefix_tokens:  # the time token leads the text tokens in the sequence
             text = torch.cat([c[:, None], text], dim=1)  # (N, 1 + L, D)
             if mask is not None:
@@ -184,11 +202,12 @@ class DiT(nn.Module):
                 mask = torch.cat([mask, torch.ones(mask.shape[0], x.shape[1] - num_prefix, dtype=torch.bool,
                                                    device=mask.device)], dim=1)  # (N, K + T)
         context = tokens if self.kind.uses_tokens else None
+        mod = self.t_block(c) if self.t_block is not None else c  # (N, k*D) shared modulations, or c
         # condition tokens riding along are not rotated; blocks see the keyword only with RoPE positions
         extra = {} if rope is None else {"rope": rope_pad(rope, before=num_prefix)}
         recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else 0  # the first `recompute` blocks
         for i, blk in enumerate(self.blocks):
-            args = (x, c, context, mask)
+            args = (x, mod, context, mask)
             x = checkpoint(blk, *args, use_reentrant=False, **extra) if i < recompute else blk(*args, **extra)
         x = x[:, num_prefix:]  # (N, T, D): the condition tokens leave again
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)

@@ -270,6 +270,8 @@ class Pipeline:
 
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if negative_prompt is not None and self.condition.kind != "text":
+            raise UserError("--negative-prompt needs a text model: drop it")
         shape = self.latent_shape_at(height, width)
         if cond is not None:
             n = next(iter(cond.values())).shape[0] if cond else (num or 1)

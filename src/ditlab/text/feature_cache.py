@@ -73,6 +73,11 @@ class CaptionFeatures:
     def __len__(self) -> int:
         return len(self.captions)
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the token features are stored in (float16, or float32 where float16 would overflow)."""
+        return torch.float16 if self._context.dtype == np.float16 else torch.float32
+
     def __contains__(self, caption: str) -> bool:
         return caption in self.index
 

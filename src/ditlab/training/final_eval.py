@@ -29,6 +29,8 @@ def evaluate_run(run_dir: str | Path, *, num: int, batch_size: int = 250, device
     config = load_config(run_dir / "config.json")
     pipe = Pipeline.from_run(run_dir, device=device)
     pipe.cuda_graphs = config.cuda_graphs
+    if pipe.condition.kind == "text":
+        return _evaluate_text_run(run_dir, config, pipe, num=num, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with fused.use(config.fused_kernels):
         got = pipe(num=num, seed=seed, batch_size=batch_size)  # class models: all classes, evenly, in order
@@ -78,9 +80,56 @@ def _evaluate_video(run_dir: Path, config, pipe, got, seconds: float) -> dict:
     return result
 
 
+def _evaluate_text_run(run_dir: Path, config, pipe, *, num: int, batch_size: int, seed: int) -> dict:
+    """Text models: a grid of the dataset's example prompts; for captioned MNIST the text demo's scoring
+    (``ditlab.evaluation.mnist_text``: held-out and seen combinations, Fréchet distance over ``num``
+    samples prompted with test digits' captions)."""
+    from ditlab.data import CAPTIONED_BUILTINS
+    from ditlab.models import fused
+    from ditlab.sampling.outputs import save_grid
+
+    def generate(prompts: list[str]) -> np.ndarray:
+        with fused.use(config.fused_kernels):
+            return pipe(prompts=prompts, num=len(prompts), seed=seed, batch_size=batch_size).images
+
+    result: dict = {"step": pipe.info["step"], "sampler": pipe.defaults.sampler or pipe.process.default_sampler,
+                    "sample_steps": pipe.defaults.steps, "cfg_scale": pipe.defaults.cfg_scale}
+    t0 = time.perf_counter()
+    if config.data in CAPTIONED_BUILTINS:
+        from ditlab.evaluation.mnist_text import score_text_demo
+
+        scores, samples = score_text_demo(generate, fd_num=num, seed=seed)
+        result.update(scores)
+        per = 100  # samples per combination: the grid shows 10 of each held-out combination, rows labelled
+        show = np.concatenate([samples["held_out"][i * per : i * per + 10] for i in range(10)])
+        rows = _first_prompts(per)
+        grid = save_grid(show, run_dir / "samples" / "final_grid.png", ncols=10, row_labels=rows)
+    else:
+        prompts = pipe.condition.example_prompts(4)
+        got = pipe(prompts=prompts, num=32, seed=seed, batch_size=batch_size)
+        grid = save_grid(got.images, run_dir / "samples" / "final_grid.png", ncols=8,
+                         row_labels=[got.descriptions[i] for i in range(0, 32, 8)])
+    result["sampling_seconds"] = round(time.perf_counter() - t0, 2)
+    result["grid"] = str(grid)
+    atomic_write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def _first_prompts(per: int) -> list[str]:
+    """The grid's row labels: each held-out combination, e.g. ``held out 3/thick/upright``."""
+    from ditlab.data.mnist_captions import HELD_OUT
+    from ditlab.evaluation.text_adherence import combination_name
+
+    return [f"held out {combination_name(*c)}" for c in HELD_OUT]
+
+
 def format_metrics(result: dict) -> str:
     """The lines printed at the end of `ditlab train`."""
     lines = [f"sample grid: {result['grid']}"]
+    if "held_out" in result:
+        from ditlab.evaluation.mnist_text import format_text_metrics
+
+        lines += format_text_metrics(result)
     if "direction_accuracy" in result:
         from ditlab.training.video_eval import format_video_scores
 

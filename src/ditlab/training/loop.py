@@ -239,5 +239,7 @@ def _loop(run: Run, log) -> TrainResult:
     if run.source.skipped and info.is_main:
         bad = run.dataset.bad_files() if hasattr(run.dataset, "bad_files") else []
         log(f"skipped {run.source.skipped} unreadable image loads ({len(bad)} files), e.g. {bad[:3]}")
+    if info.is_main and hasattr(run.dataset, "report"):
+        log(run.dataset.report())  # e.g. images without a caption, metadata lines naming absent images
     run.source.close()
     return TrainResult(run.run_dir, run.step, stopped, run.source.skipped, last_loss)

@@ -200,8 +200,21 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
     if frames % config.temporal_patch_size:  # before an autoencoder trains for a model that cannot be built
         raise ConfigError(f"{frames} frames are not divisible by the temporal patch size {config.temporal_patch_size}:"
                           f" pass --num_frames with a multiple of it")
+    if hasattr(dataset, "report"):  # e.g. captions: how many images have none
+        log(dataset.report())
     bucketed = _bucketed(config, dataset)  # before anything is trained or written: sizes, then the condition
-    condition = condition_for_dataset(dataset, config.condition)
+
+    def condition_of_data() -> Condition:  # text: each distinct caption encoded once into RUN_DIR/condition
+        return condition_for_dataset(dataset, config.condition, text_encoder=config.text_encoder,
+                                     text_max_length=config.text_max_length, text_null=config.text_null,
+                                     text_standardize=config.text_standardize, root=run_dir / CONDITION_DIR,
+                                     device=device, log=log)
+
+    if info.is_main:
+        condition = condition_of_data()
+    barrier(info)
+    if not info.is_main:  # the features are on disk now: read, not encoded again
+        condition = condition_of_data()
     check_condition(model_block(config), condition.model_fields())
     records = condition.records(dataset.metas())
     if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
@@ -282,7 +295,7 @@ def _cache_data(config: TrainConfig, info: DistInfo, local_batch: int, device: t
     if len(latent_shape) == 4:  # a cache of clips: (C, F, h, w), F as extracted unless --num_frames says otherwise
         expected = (autoencoder.latent_channels, config.num_frames or latent_shape[1], side, side)
     cache.check_compatible(autoencoder.identity(), config.image_size, expected)
-    condition = cache.condition()
+    condition = cache.condition(device=device, text_null=config.text_null)
     if config.condition == "none" and condition.kind != "none":
         from ditlab.conditioning import NoCondition
 
