@@ -86,6 +86,7 @@ def plot_design_study(study: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     metrics = [*HELD_OUT_METRICS, "frechet_ratio"]
     designs = list(dict.fromkeys(m["design"] for m in study["models"]))
@@ -104,9 +105,10 @@ def plot_design_study(study: dict[str, Any], out_dir: Path) -> dict[str, Path]:
             ax.set_title(TITLES[metric], fontsize=8)
             ax.set_xlabel(xlabel, fontsize=7)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # crowded minor labels on a short axis
             ax.tick_params(labelsize=6)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=5)
+        axes[0][-1].legend(fontsize=5)
         fig.suptitle(f"{title} ({note})", fontsize=8)
         fig.tight_layout()
         paths[name] = out_dir / f"designs_{name}.png"
