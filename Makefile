@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ditlab-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo demo-text test test-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/ditlab train --preset mnist
+
+demo-text: $(STAMP)
+	$(VENV)/bin/ditlab train --preset mnist-text
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -19,7 +19,7 @@ CAPTIONS = ["a thick 7", "a bold 7 leaning left", "a thin 1", "an upright 3"]
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
-    return TextCondition.build(CAPTIONS, "minilm", root=root, max_length=12)
+    return TextCondition.build(CAPTIONS, "minilm", root=root, max_length=12, standardize=True)
 
 
 def test_records_pad_with_minus_one_and_every_caption_is_in_the_table(text):

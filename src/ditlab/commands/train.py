@@ -55,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
         from ditlab.runlock import lock_folder
         from ditlab.training.final_eval import evaluate_run, format_metrics
 
-        print(f"evaluating: {config.eval_num} samples from the EMA model "
+        what = f"{config.eval_num} samples"
+        from ditlab.data import CAPTIONED_BUILTINS
+
+        if config.data in CAPTIONED_BUILTINS:  # the text demo's three prompt sets
+            what = f"1,000 held-out + 1,000 seen-combination prompts + {config.eval_num} test captions"
+        print(f"evaluating: {what} from the EMA model "
               f"({config.sampler or 'default'} sampler, {config.sample_steps} steps, cfg {config.cfg_scale}) ...",
               flush=True)
         from ditlab.devices import pick_device

@@ -48,7 +48,7 @@ def condition_from_dict(d: dict[str, Any] | None, **context: Any) -> Condition:
 
 def condition_for_dataset(dataset, kind: str = "auto", *, text_encoder: str = "minilm",
                           text_max_length: int | None = None, text_null: str = "empty",
-                          text_standardize: bool = True, root=None, device="cpu", log=None) -> Condition:
+                          text_standardize: bool = False, root=None, device="cpu", log=None) -> Condition:
     """The condition a dataset supports: ``auto`` picks text for captioned data (``dataset.captioned``),
     else class labels when it has classes, else none.
 

@@ -20,11 +20,12 @@ The null condition (guidance, caption dropout) is chosen by ``null``:
 
 docs/text_to_image.md measures the two.
 
-With ``standardize`` (the default), every feature dimension is shifted and scaled by its mean and standard
+With ``standardize`` (off by default), every feature dimension is shifted and scaled by its mean and standard
 deviation over the dataset's captions (real tokens for ``context``), measured once when the features are
 encoded and stored beside them: the role the latent ``scaling_factor`` plays for images. Captions of one
-dataset share most of their encoding (MiniLM's pooled vectors of two digit captions have a cosine near 0.9);
-what tells them apart is small, and the network learns from it much faster once it has unit scale.
+dataset share most of their encoding (MiniLM's pooled vectors of two digit captions have a cosine near 0.9),
+so this looked promising; on the text demo it was worse at equal steps (docs/text_to_image.md), so the
+encoder's features go to the network as they are unless asked.
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ class TextCondition(Condition):
     @classmethod
     def build(cls, captions: Sequence[str], encoder: str = "minilm", *, root: str | os.PathLike,
               max_length: int | None = None, null: str = "empty", examples: Sequence[str] | None = None,
-              standardize: bool = True, device: torch.device | str = "cpu", log=None) -> TextCondition:
+              standardize: bool = False, device: torch.device | str = "cpu", log=None) -> TextCondition:
         """Encode every distinct caption not yet in ``root``'s table for this encoder (once) and return the
         condition (with ``standardize``, the features' statistics over these captions). ``log`` (a print-like
         function) hears what is encoded."""
