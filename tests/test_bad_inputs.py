@@ -194,6 +194,8 @@ CASES = [
                                "--out", "{w}/scale3"], "--guided-cfg must be > 0"),
     ("scale-guided-cfg-same", ["scale", "digits", "--models", "DiT-S/2", "--budget", "10", "--cfg_scale", "1",
                                "--guided-cfg", "1", "--out", "{w}/scale4"], "differ from the study's cfg_scale"),
+    ("design-study-class-design", ["design-study", "--designs", "pixart,adaLN-Zero", "--compute", "10", "--out",
+                                   "{w}/designs1"], "'adaLN-Zero' is not a text design"),
     # --- convert
     ("convert-missing-file", ["convert", "official", "{w}/nope.pt", "{w}/cv1"], "does not exist"),
     ("convert-truncated-safetensors", ["convert", "official", "{w}/truncated.safetensors", "{w}/cv2"], "damaged"),

@@ -100,3 +100,28 @@ def test_checkpointing_some_or_all_blocks_gives_the_same_gradients(name, setting
     assert g_plain.keys() == g_ckpt.keys()
     for k in g_plain:
         torch.testing.assert_close(g_ckpt[k], g_plain[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("block", ["pixart", "mmdit", "u-vit", "adaLN-Zero-in-context"])
+def test_every_text_design_honours_the_learned_null(block, randomize):
+    """``text_null learned``: a row without text tokens reads the design's learned null token, whatever its
+    (masked) features; without ``learned_null`` the design has no such token."""
+    kw = dict(input_size=8, num_classes=0, context_dim=12, pooled_dim=12, block=block)
+    assert getattr(create_model("DiT-Test/2", **kw), "null_token", None) is None
+    model = randomize(create_model("DiT-Test/2", learned_null=True, **kw)).eval()
+    assert model.null_token is not None and model.null_token.requires_grad
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, generator=g)
+    context, pooled = torch.randn(2, 5, 12, generator=g), torch.zeros(2, 12)
+    empty = torch.zeros(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, t, context=context, context_mask=empty, pooled=pooled)
+        torch.testing.assert_close(out, model(x, t, context=-context, context_mask=empty, pooled=pooled))
+        model.null_token.add_(torch.randn(model.null_token.shape, generator=g))  # (a constant: normed away)
+        assert not torch.allclose(out, model(x, t, context=context, context_mask=empty, pooled=pooled), atol=1e-6)
+    # rows with tokens never read it
+    full = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(x, t, context=context, context_mask=full, pooled=pooled)
+        model.null_token.add_(torch.randn(model.null_token.shape, generator=g))
+        torch.testing.assert_close(before, model(x, t, context=context, context_mask=full, pooled=pooled))

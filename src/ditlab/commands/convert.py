@@ -10,8 +10,9 @@ OUT_DIR of the first two is a ditlab model directory (config.json + model.safete
 pipeline.json holds the process and sampler the published weights were trained and sampled with (DiT's:
 DDPM, linear schedule, 1000 steps, learned sigma; DDPM sampler, 250 steps, guidance 4. SD3's: rectified
 flow with time shift 3, Euler, 28 steps, guidance 7, its text encoders named in the condition).
-``diffusers`` takes a ``DiTTransformer2DModel`` or ``SD3Transformer2DModel`` folder, or a pipeline folder
-holding one in ``transformer/``.
+``diffusers`` takes a ``DiTTransformer2DModel``, ``SD3Transformer2DModel`` or ``PixArtTransformer2DModel``
+folder, or a pipeline folder holding one in ``transformer/``. A converted text model samples with
+``--text_encoder FOLDER`` (a local encoder of the widths it was trained on) and ``--autoencoder VAE``.
 Everything stays local: no hub downloads.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from ditlab.errors import CheckpointError
 
 NAME = "convert"
-HELP = "Convert official DiT checkpoints and diffusers DiT / SD3 transformers to and from ditlab models."
+HELP = "Convert official DiT checkpoints and diffusers DiT / SD3 / PixArt transformers to and from ditlab models."
 FORMATS = ("official", "diffusers", "to-official", "to-diffusers")
 
 
@@ -70,13 +71,27 @@ def _load_diffusers_transformer(src: Path):
 def write_pipeline_spec(model, dest: Path) -> None:
     """``pipeline.json``: how ``Pipeline.from_pretrained`` samples a converted model: a DiT with the paper's
     process, sampler and guidance and a class condition with the checkpoint's label count; an SD3 MMDiT
-    with SD3's (``ditlab.sampling.loading.SD3_PIPELINE``)."""
+    with SD3's (``ditlab.sampling.loading.SD3_PIPELINE``), a PixArt DiT with PixArt-α's (``PIXART_PIPELINE``),
+    their text conditions taking the network's widths (prompts go through ``--text_encoder``)."""
+    import copy
+
     from ditlab.files import atomic_write_json
-    from ditlab.sampling.loading import OFFICIAL_PROCESS, OFFICIAL_SAMPLING, PIPELINE_FILE, SD3_PIPELINE
+    from ditlab.sampling.loading import (
+        OFFICIAL_PROCESS,
+        OFFICIAL_SAMPLING,
+        PIPELINE_FILE,
+        PIXART_PIPELINE,
+        SD3_PIPELINE,
+    )
 
     cfg = model.config
-    if cfg.block == "mmdit":
-        atomic_write_json(dest / PIPELINE_FILE, SD3_PIPELINE)
+    text = {"mmdit": SD3_PIPELINE, "pixart": PIXART_PIPELINE}.get(cfg.block)
+    if text is not None:
+        spec = copy.deepcopy(text)
+        spec["condition"].update(context_dim=cfg.context_dim, pooled_dim=cfg.pooled_dim)
+        spec["process"]["learn_sigma"] = cfg.learn_sigma if spec["process"]["kind"] == "ddpm" else None
+        spec["process"] = {k: v for k, v in spec["process"].items() if v is not None}
+        atomic_write_json(dest / PIPELINE_FILE, spec)
         return
     condition = {"kind": "class", "num_classes": cfg.num_classes} if cfg.num_classes else {"kind": "none"}
     atomic_write_json(dest / PIPELINE_FILE, {"process": {**OFFICIAL_PROCESS, "learn_sigma": cfg.learn_sigma},
@@ -111,10 +126,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_pretrained(src)
         to_diffusers(model).save_pretrained(str(dest))
-        if model.config.block == "mmdit":
-            print(f"note: diffusers' SD3 transformer takes timestep = ditlab's t x {model.config.timestep_scale:g}",
-                  file=sys.stderr)
-        elif model.config.timestep_freq_shift != 1 or model.config.timestep_scale != 1:
+        cfg = model.config
+        if cfg.block in ("mmdit", "pixart"):
+            if cfg.timestep_scale != 1:
+                print(f"note: diffusers' {cfg.block} transformer takes timestep = ditlab's t x {cfg.timestep_scale:g}",
+                      file=sys.stderr)
+        elif cfg.timestep_freq_shift != 1 or cfg.timestep_scale != 1:
             print("note: diffusers' config cannot store this model's timestep sinusoid; after "
                   "DiTTransformer2DModel.from_pretrained set time_proj.downscale_freq_shift="
                   f"{model.config.timestep_freq_shift:g} and time_proj.scale={model.config.timestep_scale:g} "

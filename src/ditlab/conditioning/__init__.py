@@ -36,6 +36,10 @@ def condition_from_dict(d: dict[str, Any] | None, **context: Any) -> Condition:
     if kind == "class":
         return ClassCondition(int(d["num_classes"]), d.get("class_names"))
     if kind == "text":
+        if "table" not in d:  # a converted model folder: prompts go through the encoder, no caption table
+            from ditlab.conditioning.encoded_text import EncodedTextCondition
+
+            return EncodedTextCondition.from_dict(d, **context)
         from ditlab.conditioning.text import TextCondition
 
         return TextCondition.from_dict(d, **context)

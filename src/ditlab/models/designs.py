@@ -45,6 +45,12 @@ def _sizes() -> dict[str, dict[str, Any]]:
     # and CLIP-L + CLIP-G pooled vectors (2048), positions cropped from a 192x192 table on a 64-token base.
     models["SD3-medium"] = dict(block="mmdit", depth=24, hidden_size=1536, num_heads=24, patch_size=2,
                                 in_channels=16, input_size=(128, 128), pos_max_size=192, pos_base_size=64, **text)
+    # PixArt-α XL/2 at 512 px (Chen et al. 2023; diffusers' PixArtTransformer2DModel config of
+    # PixArt-alpha/PixArt-XL-2-512x512): a DiT-XL/2 of PixArt blocks on T5-XXL tokens (4096 wide, 120 of them),
+    # learned sigma, positions interpolated over the 32-token base grid. A DiT block kind, listed here by name.
+    models["PixArt-alpha-XL/2"] = dict(block="pixart", depth=28, hidden_size=1152, num_heads=16, patch_size=2,
+                                       input_size=(64, 64), num_classes=0, context_dim=4096, pos_base_size=32,
+                                       learn_sigma=True)
     # U-ViT (Bao et al. 2023, Table 2): layers (in + mid + out blocks), width, heads; no qkv bias.
     uvit = {"Test": (3, 32, 2), "T": (7, 192, 3), "S": (13, 512, 8), "S-Deep": (17, 512, 8), "M": (17, 768, 12),
             "L": (21, 1024, 16), "H": (29, 1152, 16)}

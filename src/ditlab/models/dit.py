@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ditlab.models.blocks import BLOCK_KINDS, FinalLayer
 from ditlab.models.config import DiTConfig, checkpointed_count
-from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder
+from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder, with_null_token
 from ditlab.models.pixart import SharedModulation
 from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
 
@@ -166,12 +166,8 @@ class DiT(nn.Module):
         if context is None:
             raise ValueError("this text model needs the prompt's token features (context=..., context_mask=...)")
         text = self.context_embedder(context)  # (N, L, D)
-        mask = None if context_mask is None else context_mask.bool()
-        if self.null_token is not None and mask is not None:  # rows without tokens: the learned null token
-            empty = ~mask.any(dim=1)  # (N,)
-            first = torch.where(empty[:, None], self.null_token.to(text.dtype).expand(n, -1), text[:, 0])  # (N, D)
-            text = torch.cat([first[:, None], text[:, 1:]], dim=1)  # (N, L, D)
-            mask = torch.cat([(mask[:, 0] | empty)[:, None], mask[:, 1:]], dim=1)  # (N, L)
+        # rows without tokens (the "learned" null condition) read the learned null token
+        text, mask = with_null_token(text, None if context_mask is None else context_mask.bool(), self.null_token)
         if self.kind.prefix_tokens:  # the time token leads the text tokens in the sequence
             text = torch.cat([c[:, None], text], dim=1)  # (N, 1 + L, D)
             if mask is not None:

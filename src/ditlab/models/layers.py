@@ -127,6 +127,21 @@ class ConditionMlp(nn.Module):
         return self.linear_2(self.act(self.linear_1(x.to(self.linear_1.weight.dtype))))
 
 
+def with_null_token(text: Tensor, mask: Tensor | None, null_token: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """PixArt's learned null condition (its ``y_embedding``) for any design: a row whose mask has no real token
+    (the null condition of ``TextCondition(null="learned")``) reads ``null_token`` (1, D) as its first token,
+    which becomes valid. ``text`` (N, L, D) embedded tokens, ``mask`` (N, L) bool; unchanged without a mask
+    or a token."""
+    if null_token is None or mask is None:
+        return text, mask
+    mask = mask.bool()
+    empty = ~mask.any(dim=1)  # (N,)
+    first = torch.where(empty[:, None], null_token.to(text.dtype).expand(text.shape[0], -1), text[:, 0])  # (N, D)
+    text = torch.cat([first[:, None], text[:, 1:]], dim=1)  # (N, L, D)
+    mask = torch.cat([(mask[:, 0] | empty)[:, None], mask[:, 1:]], dim=1)  # (N, L)
+    return text, mask
+
+
 # ----------------------------------------------------------------------------- attention / MLP
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (Zhang & Sennrich, 2019); used for qk-norm."""

@@ -19,7 +19,16 @@ from torch.utils.checkpoint import checkpoint
 from ditlab.models.blocks import FinalLayer
 from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.designs import register_design
-from ditlab.models.layers import Attention, ConditionMlp, Mlp, PatchEmbed, TimestepEmbedder, apply_rope, modulate
+from ditlab.models.layers import (
+    Attention,
+    ConditionMlp,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    apply_rope,
+    modulate,
+    with_null_token,
+)
 from ditlab.models.positions import grid_rope, grid_sincos
 
 
@@ -143,6 +152,8 @@ class MMDiT(nn.Module):
                                            config.timestep_freq_shift)
         self.pooled_embedder = ConditionMlp(config.pooled_dim, d, "silu") if config.pooled_dim else None
         self.context_embedder = nn.Linear(config.context_dim, d)
+        # the "learned" null condition: a row without text tokens reads this token (PixArt's y_embedding)
+        self.null_token = nn.Parameter(torch.zeros(1, d)) if config.learned_null else None
         # fixed positions of the default grid (a buffer, not a parameter: SD3 keeps them out of its parameters)
         self.register_buffer("pos_embed", grid_sincos(config, *config.grid_size).unsqueeze(0), persistent=False)
         self.blocks = nn.ModuleList(
@@ -164,6 +175,8 @@ class MMDiT(nn.Module):
         nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.null_token is not None:
+            nn.init.normal_(self.null_token, std=0.02)
         for block in self.blocks:
             block.init_weights()
         self.final_layer.init_weights()
@@ -203,7 +216,7 @@ class MMDiT(nn.Module):
                 raise ValueError("this text model needs the pooled prompt vector (pooled=...)")
             c = c + self.pooled_embedder(pooled)  # (N, D)
         ctx = self.context_embedder(context.to(self.context_embedder.weight.dtype))  # (N, L, D)
-        mask = None if context_mask is None else context_mask.bool()
+        ctx, mask = with_null_token(ctx, None if context_mask is None else context_mask.bool(), self.null_token)
         recompute = checkpointed_count(self.grad_checkpointing, len(self.blocks)) if torch.is_grad_enabled() else 0
         for i, blk in enumerate(self.blocks):
             if i < recompute:  # the first `recompute` blocks are recomputed in the backward pass

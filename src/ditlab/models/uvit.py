@@ -21,7 +21,15 @@ from torch.utils.checkpoint import checkpoint
 
 from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.designs import register_design
-from ditlab.models.layers import Attention, ConditionMlp, LabelEmbedder, Mlp, PatchEmbed, timestep_embedding
+from ditlab.models.layers import (
+    Attention,
+    ConditionMlp,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    timestep_embedding,
+    with_null_token,
+)
 from ditlab.models.mmdit import unpatchify
 from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
 
@@ -72,6 +80,8 @@ class UViT(nn.Module):
         self.x_embedder = PatchEmbed(p, config.in_channels, d)
         self.y_embedder = LabelEmbedder(config.num_classes, d) if config.num_classes else None
         self.context_embedder = nn.Linear(config.context_dim, d) if config.context_dim else None
+        # the "learned" null condition: a row without text tokens reads this token (PixArt's y_embedding)
+        self.null_token = nn.Parameter(torch.zeros(1, d)) if config.context_dim and config.learned_null else None
         self.pooled_embedder = ConditionMlp(config.pooled_dim, d, "silu") if config.pooled_dim else None
         self.register_buffer("pos_embed", grid_sincos(config, *config.grid_size).unsqueeze(0), persistent=False)
         half = config.depth // 2
@@ -99,6 +109,8 @@ class UViT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.null_token is not None:
+            nn.init.trunc_normal_(self.null_token, std=0.02)
         with torch.no_grad():
             self.pos_embed.copy_(grid_sincos(self.config, *self.config.grid_size).unsqueeze(0))
 
@@ -132,10 +144,12 @@ class UViT(nn.Module):
         if self.context_embedder is not None:
             if context is None:
                 raise ValueError("this text model needs the prompt's token features (context=..., context_mask=...)")
-            tokens.append(self.context_embedder(context.to(dtype)))  # (N, L, D)
-            if context_mask is not None:
-                lead = torch.ones(n, len(tokens) - 1, dtype=torch.bool, device=context_mask.device)
-                mask = torch.cat([lead, context_mask.bool()], dim=1)  # (N, K)
+            text, text_mask = with_null_token(self.context_embedder(context.to(dtype)), context_mask,
+                                              self.null_token)  # (N, L, D), (N, L)
+            tokens.append(text)
+            if text_mask is not None:
+                lead = torch.ones(n, len(tokens) - 1, dtype=torch.bool, device=text_mask.device)
+                mask = torch.cat([lead, text_mask], dim=1)  # (N, K)
         return torch.cat(tokens, dim=1), mask  # (N, K, D)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,

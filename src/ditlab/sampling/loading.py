@@ -34,6 +34,15 @@ SD3_PIPELINE: dict[str, Any] = {
     "condition": {"kind": "text", "encoder": "sd3:clip-l+clip-g+t5-xxl", "context_dim": 4096, "pooled_dim": 2048,
                   "max_length": 77, "null": "empty", "attend_padding": True},
 }
+# PixArt-α's recipe (Chen et al. 2023; diffusers' PixArtAlphaPipeline): IDDPM with the linear schedule, 1000 steps
+# and learned sigma; DPM-Solver++ (2M), 20 steps, guidance 4.5; T5-XXL token features (120 tokens, padding
+# masked), no pooled vector, the empty prompt's encoding as the unconditional branch.
+PIXART_PIPELINE: dict[str, Any] = {
+    "process": {**OFFICIAL_PROCESS, "learn_sigma": True},
+    "sampling": {"sampler": "dpmpp_2m", "steps": 20, "cfg_scale": 4.5},
+    "condition": {"kind": "text", "encoder": "t5-v1_1-xxl", "context_dim": 4096, "pooled_dim": 0,
+                  "max_length": 120, "null": "empty", "attend_padding": False},
+}
 LAYOUT_HINT = ("pass a run directory written by `ditlab train` (config.json + checkpoints/) or a model folder "
                "written by `ditlab convert` (config.json + model.safetensors)")
 
