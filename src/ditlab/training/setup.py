@@ -210,26 +210,14 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
                                      text_standardize=config.text_standardize, root=run_dir / CONDITION_DIR,
                                      device=device, log=log)
 
-    if info.is_main:
-        condition = condition_of_data()
-    barrier(info)
-    if not info.is_main:  # the features are on disk now: read, not encoded again
-        condition = condition_of_data()
+    condition = _main_first(info, condition_of_data)  # the others read the features rank 0 encoded
     check_condition(model_block(config), condition.model_fields())
     records = condition.records(dataset.metas())
-    if info.is_main:  # rank 0 trains / encodes what the run keeps; the others then read it
-        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
-    barrier(info)
-    if not info.is_main:
-        autoencoder = build_or_load_autoencoder(config, dataset, run_dir, device, log=log)
+    autoencoder = _main_first(info, lambda: build_or_load_autoencoder(config, dataset, run_dir, device, log=log))
     autoencoder.to(device)
     order = BatchOrder(len(dataset), config.global_batch_size, config.seed)
     if hasattr(dataset, "tensors"):  # built-in digits: no flips unless asked (a flipped 3 is no 3)
-        if info.is_main:
-            latents = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
-        barrier(info)
-        if not info.is_main:
-            latents = cached_latents(config, dataset, autoencoder, run_dir, device, log=log)
+        latents = _main_first(info, lambda: cached_latents(config, dataset, autoencoder, run_dir, device, log=log))
         source = InMemorySource(latents, records, order, info.rank, local_batch, device, flip=bool(config.flip))
         latent_shape = tuple(latents.shape[1:])
     elif bucketed is not None:
@@ -256,6 +244,17 @@ def build_data(config: TrainConfig, run_dir: Path, info: DistInfo, local_batch: 
         latent_shape = tuple(probe.shape[1:])
     return RunData(source, autoencoder, condition, latent_shape, int(getattr(dataset, "channels", 3)),
                    autoencoder_spec(config), dataset, None if bucketed is None else list(bucketed.buckets))
+
+
+def _main_first(info: DistInfo, make):
+    """``make()`` on rank 0 first (it trains or encodes what the run keeps and writes it), then, after a
+    barrier, on the other ranks, which read what rank 0 wrote."""
+    if info.is_main:
+        value = make()
+    barrier(info)
+    if not info.is_main:
+        value = make()
+    return value
 
 
 def _bucketed(config: TrainConfig, dataset):
