@@ -142,5 +142,8 @@ def test_torchrun_ranks_all_exit_with_the_refusal(tmp_path):
         (err_log,) = logs.glob(f"*/attempt_0/{rank}/stderr.log")
         (out_log,) = logs.glob(f"*/attempt_0/{rank}/stdout.log")
         _assert_refused(2, out_log.read_text(), err_log.read_text(), pattern)
-    assert done.stderr.count("exitcode  : 2") == 2, done.stderr[-3000:]  # torchrun's report: both ranks
+    # torchrun's report: a rank exits 2; the agent may SIGTERM (-15) the other once the first has exited, so
+    # that rank counts if it had already printed the refusal (checked in its log above)
+    codes = re.findall(r"exitcode  : (-?\d+)", done.stderr)
+    assert codes and "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-3000:]
     assert not (run / "config.json").exists()

@@ -108,7 +108,8 @@ def test_progress_and_live_preview_then_the_image(server, browser, tmp_path):
     wait_for(browser, "document.querySelectorAll('#gallery .card img.sample').length === 2", timeout=120)
     seen = browser.execute_script("return window.seen")
     steps = [s for s in seen["status"] if s.startswith("Step ")]
-    assert steps and any(s.startswith(("Step 2 ", "Step 4 ", "Step 6 ", "Step 8 ")) for s in steps), seen["status"]
+    # progress between the first and the last step was shown (which steps arrive depends on the machine's load)
+    assert steps and any(0 < int(s.split()[1]) < 16 for s in steps), seen["status"]
     assert seen["previews"] >= 1  # the x0 prediction was shown while it ran
     shoot(browser, tmp_path, "after_progress.png")
 
