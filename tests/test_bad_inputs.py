@@ -44,6 +44,8 @@ CASES = [
     ("train-nan-lr", [*T, "--lr", "nan"], "lr must be > 0"),
     ("train-bool", [*T, "--flip", "maybe"], "'flip' expects bool"),
     ("train-flag-without-value", [*T, "--lr"], "--lr needs a value"),
+    ("train-class-factors-text", [*T, "--class_factors", "10,x"], "class_factors must be comma-separated integers"),
+    ("train-class-factors-product", [*T, "--class_factors", "3,4"], "whose product is num_classes (10)"),
     ("train-bad-yaml", [*T, "--config", "{w}/bad.yaml"], "is not valid YAML at line 2"),
     ("train-yaml-not-mapping", [*T, "--config", "{w}/list.yaml"], "must hold a mapping"),
     ("train-yaml-unknown-key", [*T, "--config", "{w}/unknown.yaml"], "unknown config key 'stepz'"),

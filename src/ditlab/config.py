@@ -84,6 +84,8 @@ class TrainConfig:
                                    "adaLN-Zero-in-context | pixart (text: adaLN-single + cross-attention) | mmdit | "
                                    "u-vit (MMDiT-*, U-ViT-*, SD3-medium bring their own unless this names another)")
     qk_norm: bool = opt(False, "RMS-normalise queries and keys in attention")
+    class_factors: str = opt("", "class labels as mixed-radix factors embedded as a sum of one table each, e.g. "
+                                 "10,8 for moving digits (digit x 8 + direction); empty: one row per class")
     pos_embed: str = opt("sincos", "token positions: sincos (2-D sin-cos added to the patches) | rope (2-D rotary; "
                                    "3-D for video)")
     pos_scale: float = opt(1.0, "position coordinates divided by this (PixArt-α's interpolation scale)")
@@ -309,6 +311,8 @@ def validate(c: TrainConfig) -> None:
          "num_frames, num_videos and num_digits must be >= 0 and frame_stride >= 1")
     need(c.video_layout in ("interleaved", "full"),
          f"unknown video_layout '{c.video_layout}': choose interleaved or full")
+    need(all(k.strip().isdigit() for k in c.class_factors.split(",")) if c.class_factors.strip() else True,
+         f"class_factors must be comma-separated integers such as 10,8, got '{c.class_factors}'")
     need(c.temporal_patch_size >= 1, f"temporal_patch_size must be >= 1, got {c.temporal_patch_size}")
     need(c.image_steps >= 0, f"image_steps must be >= 0, got {c.image_steps}")
     need(not c.num_frames or c.num_frames % c.temporal_patch_size == 0,

@@ -60,6 +60,8 @@ def _check_exportable(cfg: DiTConfig) -> None:
         problems.append("qk-norm")
     if cfg.num_classes == 0:
         problems.append("no classes (diffusers' DiT is class-conditional)")
+    if cfg.class_factors:
+        problems.append("factored class labels (class_factors; diffusers has one label table)")
     if h != w:
         problems.append(f"non-square input {h}x{w}")
     if cfg.mlp_ratio != 4.0:

@@ -139,9 +139,9 @@ def to_official(model: DiT) -> dict[str, Tensor]:
     """The model's weights in the facebookresearch/DiT layout (adaLN-Zero models only)."""
     cfg = model.config
     if (cfg.block != "adaLN-Zero" or cfg.qk_norm or cfg.num_classes == 0
-            or cfg.timestep_freq_shift != 0 or cfg.timestep_scale != 1):
+            or cfg.timestep_freq_shift != 0 or cfg.timestep_scale != 1 or cfg.class_factors):
         raise ModelError(
-            "the official DiT layout only holds class-conditional adaLN-Zero models without qk-norm "
-            "and with the paper's timestep sinusoid: export this model with save_pretrained instead"
+            "the official DiT layout only holds class-conditional adaLN-Zero models with one label table, without "
+            "qk-norm and with the paper's timestep sinusoid: export this model with save_pretrained instead"
         )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class DiTConfig:
     input_size: tuple[int, int] = (32, 32)
     in_channels: int = 4
     num_classes: int = 1000
+    # > 1 factors whose product is num_classes: label = mixed-radix digits (moving digits: (10, 8) = digit x 8 +
+    # direction), embedded as the sum of one table per factor; () = one table of num_classes rows
+    class_factors: tuple[int, ...] = ()
     learn_sigma: bool = True
     context_dim: int = 0  # text: width of the encoder's token features (0 = no text tokens)
     pooled_dim: int = 0  # text: width of the pooled prompt vector added to the time embedding (0 = none)
@@ -91,6 +95,7 @@ class DiTConfig:
         if len(size) != 2:
             raise ModelError(f"input_size must be an int or (H, W), got {self.input_size!r}")
         self.input_size = size  # type: ignore[assignment]
+        self.class_factors = tuple(int(k) for k in self.class_factors)  # type: ignore[assignment]
         self.validate()
 
     @property
@@ -149,6 +154,10 @@ class DiTConfig:
             raise ModelError(f"depth and in_channels must be >= 1, got {self.depth}, {self.in_channels}")
         if self.num_classes < 0:
             raise ModelError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        if self.class_factors and (len(self.class_factors) < 2 or min(self.class_factors) < 2
+                                   or math.prod(self.class_factors) != self.num_classes):
+            raise ModelError(f"class_factors {list(self.class_factors)} must be two or more factors >= 2 whose product "
+                             f"is num_classes ({self.num_classes}), e.g. 10,8 for 80 classes: fix or drop them")
         self._validate_video()
 
     def _validate_video(self) -> None:
@@ -186,6 +195,9 @@ class DiTConfig:
         """JSON-ready dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
+        d["class_factors"] = list(self.class_factors)
+        if not self.class_factors:  # models with one label table describe themselves as they always did
+            d.pop("class_factors")
         if not self.num_frames:  # image models describe themselves as they always did
             for key in VIDEO_KEYS:
                 d.pop(key)

@@ -49,7 +49,7 @@ class DiT(nn.Module):
         )
         self.kind = BLOCK_KINDS[config.block]  # what the blocks consume, declared on the block class
         tokens = self.kind.uses_tokens or self.kind.prefix_tokens
-        self.y_embedder = LabelEmbedder(config.num_classes, d) if config.num_classes > 0 else None
+        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_factors) if config.num_classes > 0 else None
         # text token features only where the blocks read tokens; a pooled vector goes into c for any kind
         self.context_embedder = ConditionMlp(config.context_dim, d, "gelu") if config.context_dim and tokens else None
         self.pooled_embedder = ConditionMlp(config.pooled_dim, d, "silu") if config.pooled_dim else None
@@ -89,7 +89,8 @@ class DiT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
         if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+            for table in self.y_embedder.tables():
+                nn.init.normal_(table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.t_block is not None:

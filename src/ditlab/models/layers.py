@@ -99,15 +99,36 @@ class LabelEmbedder(nn.Module):
 
     No dropout here: which labels are replaced by the null one during training is decided by the
     condition (``ditlab.conditioning.Condition.drop``), once for the global batch.
+
+    With ``factors`` (k_1, ..., k_m) whose product is ``num_classes`` a label is read as mixed-radix digits
+    (the last factor varies fastest: moving digits' label digit x 8 + direction is (10, 8)) and embedded as the
+    sum of one table per factor, each with its own null row. Each factor's rows then learn from every label that
+    shares them (a digit's row from all 8 directions) instead of one row per combination.
     """
 
-    def __init__(self, num_classes: int, hidden_size: int):
+    def __init__(self, num_classes: int, hidden_size: int, factors: tuple[int, ...] = ()):
         super().__init__()
         self.num_classes = num_classes
-        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+        self.factors = tuple(factors)
+        if self.factors:
+            self.factor_tables = nn.ModuleList(nn.Embedding(k + 1, hidden_size) for k in self.factors)
+        else:
+            self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def tables(self) -> list[nn.Embedding]:
+        return list(self.factor_tables) if self.factors else [self.embedding_table]
 
     def forward(self, y: Tensor) -> Tensor:
-        return self.embedding_table(y)  # (N, D)
+        if not self.factors:
+            return self.embedding_table(y)  # (N, D)
+        null = y == self.num_classes
+        rest = y.clamp(max=self.num_classes - 1)
+        out = None
+        for k, table in zip(reversed(self.factors), reversed(self.factor_tables), strict=True):
+            part = table(torch.where(null, k, rest % k))  # (N, D); the null label reads every null row
+            out = part if out is None else out + part
+            rest = rest // k
+        return out
 
 
 class ConditionMlp(nn.Module):

@@ -78,7 +78,7 @@ class UViT(nn.Module):
         self.patch_size = p
         self.grad_checkpointing = config.grad_checkpointing
         self.x_embedder = PatchEmbed(p, config.in_channels, d)
-        self.y_embedder = LabelEmbedder(config.num_classes, d) if config.num_classes else None
+        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_factors) if config.num_classes else None
         self.context_embedder = nn.Linear(config.context_dim, d) if config.context_dim else None
         # the "learned" null condition: a row without text tokens reads this token (PixArt's y_embedding)
         self.null_token = nn.Parameter(torch.zeros(1, d)) if config.context_dim and config.learned_null else None

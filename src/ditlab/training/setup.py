@@ -67,6 +67,8 @@ def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: C
         value = getattr(config, key)
         if value is not None:
             overrides[key] = value
+    if config.class_factors.strip():
+        overrides["class_factors"] = tuple(int(k) for k in config.class_factors.split(","))
     if len(latent_shape) == 4:  # a clip: (C, F, h, w)
         overrides.update(num_frames=latent_shape[1], layout=config.video_layout,
                          temporal_patch_size=config.temporal_patch_size)
