@@ -110,3 +110,23 @@ def test_init_from_an_image_model_folder(tmp_path, capsys):
     assert main([*TINY, "--run_dir", str(tmp_path / "run2"), "--steps", "1", "--depth", "2",
                  "--init_from", str(tmp_path / "image")]) == 2
     assert "does not fit this video model" in capsys.readouterr().err
+
+
+def test_the_demos_layout_full_attention_with_factored_labels_resumes_exactly_and_samples(tmp_path):
+    """The moving-mnist preset's model kind (full 3-D attention, digit + direction embeddings) end to end."""
+    from ditlab.sampling import Pipeline
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = [*TINY, "--video_layout", "full", "--class_factors", "10,8"]
+    assert main([*args, "--run_dir", str(straight)]) == 0
+    assert main([*args, "--run_dir", str(split), "--steps", "3"]) == 0
+    assert main([*args, "--run_dir", str(split)]) == 0
+    a = load_weights(latest_checkpoint(straight) / "model.safetensors")
+    b = load_weights(latest_checkpoint(split) / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("temporal_blocks.") for k in a)  # full attention: no temporal blocks
+    assert {"y_embedder.factor_tables.0.weight", "y_embedder.factor_tables.1.weight"} <= a.keys()
+    pipe = Pipeline.from_run(straight)
+    assert pipe.model.config.layout == "full" and pipe.model.config.class_factors == (10, 8)
+    got = pipe(labels=[3, 27], num=2, steps=2, cfg_scale=1.5, seed=0)
+    assert got.images.shape == (2, 4, 36, 36, 1) and got.labels.tolist() == [3, 27]
