@@ -139,14 +139,9 @@ def pixart_fields(c) -> dict[str, Any]:
 
 def from_diffusers_pixart(transformer, name: str | None = None, **overrides: Any) -> DiT:
     """A ditlab PixArt DiT holding the weights of a diffusers ``PixArtTransformer2DModel``."""
-    from ditlab.interop.sd3 import _registered_name
+    from ditlab.interop.sd3 import imported_config
 
-    fields = pixart_fields(transformer.config)
-    if name is None:
-        name = _registered_name(fields)
-    fields["name"] = name or "PixArt-custom"
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = DiTConfig.from_dict(fields)
+    cfg = imported_config(pixart_fields(transformer.config), name, "PixArt-custom", overrides)
     src = {k: v.detach().to("cpu") for k, v in transformer.state_dict().items()}
     sd: dict[str, Tensor] = {ours: src[theirs] for ours, theirs in _pairs(cfg.depth) if theirs in src}
     for i in range(cfg.depth):

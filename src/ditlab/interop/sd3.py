@@ -114,6 +114,16 @@ def _registered_name(fields: dict[str, Any]) -> str | None:
     return None
 
 
+def imported_config(fields: dict[str, Any], name: str | None, fallback: str, overrides: dict[str, Any]) -> DiTConfig:
+    """The config of a model imported from diffusers: ``fields`` read from its config, named ``name``, else the
+    registered design of exactly this architecture, else ``fallback``; ``overrides`` (None values ignored) last."""
+    if name is None:
+        name = _registered_name(fields)
+    fields = dict(fields, name=name or fallback)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return DiTConfig.from_dict(fields)
+
+
 def to_diffusers_sd3(model: MMDiT):
     """A diffusers ``SD3Transformer2DModel`` computing the same function as ``model`` (an MMDiT)."""
     from diffusers import SD3Transformer2DModel
@@ -178,12 +188,7 @@ def sd3_fields(c) -> dict[str, Any]:
 def from_diffusers_sd3(transformer, name: str | None = None, **overrides: Any) -> MMDiT:
     """A ditlab MMDiT holding the weights of a diffusers ``SD3Transformer2DModel`` (SD3, not SD3.5's dual
     attention), with ``timestep_scale=1000`` so ditlab's flow time t in [0, 1] is SD3's 1000 sigma."""
-    fields = sd3_fields(transformer.config)
-    if name is None:
-        name = _registered_name(fields)
-    fields["name"] = name or "MMDiT-custom"
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = DiTConfig.from_dict(fields)
+    cfg = imported_config(sd3_fields(transformer.config), name, "MMDiT-custom", overrides)
 
     src = {k: v.detach().to("cpu") for k, v in transformer.state_dict().items()}
     table = src.pop("pos_embed.pos_embed", None)
