@@ -17,9 +17,10 @@ from ditlab.models.config import DiTConfig, checkpointed_count
 from ditlab.models.layers import ConditionMlp, LabelEmbedder, PatchEmbed, TimestepEmbedder, with_null_token
 from ditlab.models.pixart import SharedModulation
 from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
+from ditlab.models.token_grid import TokenGridModel
 
 
-class DiT(nn.Module):
+class DiT(TokenGridModel):
     """Diffusion Transformer. ``model(x, t, **cond) -> (N, out_channels, H, W)``.
 
     Args of forward:
@@ -104,13 +105,6 @@ class DiT(nn.Module):
             pos = grid_sincos(self.config, *self.config.grid_size).unsqueeze(0)
             self.pos_embed.copy_(pos.to(self.pos_embed.device))
 
-    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
-        """Recompute blocks in the backward pass (less activation memory, same numbers): True or -1 for
-        every block, N > 0 for the first N only (memory and time trade in steps of one block), False or 0
-        for none."""
-        self.grad_checkpointing = enabled
-        self.config.grad_checkpointing = enabled
-
     def checkpointed_blocks(self) -> int:
         """How many leading blocks ``forward`` recomputes in the backward pass."""
         return checkpointed_count(self.grad_checkpointing, len(self.blocks))
@@ -134,12 +128,6 @@ class DiT(nn.Module):
         x = x.reshape(n, grid_h, grid_w, p, p, c)
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(n, c, grid_h * p, grid_w * p)
-
-    def _positions(self, grid_h: int, grid_w: int, like: Tensor) -> Tensor:
-        if (grid_h, grid_w) == self.config.grid_size:
-            return self.pos_embed.to(like.dtype)
-        # Another resolution: the closed form for that grid (shape-only branch, traceable).
-        return grid_sincos(self.config, grid_h, grid_w).to(like)[None]
 
     def embed_condition(
         self, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
@@ -179,11 +167,7 @@ class DiT(nn.Module):
         self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
         context_mask: Tensor | None = None, pooled: Tensor | None = None,
     ) -> Tensor:
-        _, _, h, w = x.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
-        gh, gw = h // p, w // p
+        gh, gw = self.token_grid(*x.shape[-2:])
         x = self.x_embedder(x)  # (N, T, D)
         rope = None
         if self.config.pos_embed == "rope":

@@ -30,6 +30,7 @@ from ditlab.models.layers import (
     with_null_token,
 )
 from ditlab.models.positions import grid_rope, grid_sincos
+from ditlab.models.token_grid import TokenGridModel
 
 
 def unpatchify(x: Tensor, grid_h: int, grid_w: int, patch: int, channels: int) -> Tensor:
@@ -124,7 +125,7 @@ class JointBlock(nn.Module):
 
 
 @register_design("mmdit")
-class MMDiT(nn.Module):
+class MMDiT(TokenGridModel):
     """SD3's MMDiT. ``model(x, t, context=, context_mask=, pooled=) -> (N, out_channels, H, W)``.
 
     Args of forward:
@@ -183,27 +184,13 @@ class MMDiT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(grid_sincos(self.config, *self.config.grid_size).unsqueeze(0))
 
-    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
-        """Recompute each block in the backward pass (saves activation memory, same numbers)."""
-        self.grad_checkpointing = enabled
-        self.config.grad_checkpointing = enabled
-
-    def _positions(self, grid_h: int, grid_w: int, like: Tensor) -> Tensor:
-        if (grid_h, grid_w) == self.config.grid_size:
-            return self.pos_embed.to(like.dtype)
-        return grid_sincos(self.config, grid_h, grid_w).to(like)[None]  # (1, T, D)
-
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, pooled: Tensor | None = None) -> Tensor:
         if y is not None:
             raise ValueError("MMDiT is a text model: it takes context=..., not class labels")
         if context is None:
             raise ValueError("MMDiT needs the prompt's token features (context=..., context_mask=...)")
-        _, _, h, w = x.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
-        gh, gw = h // p, w // p
+        gh, gw = self.token_grid(*x.shape[-2:])
         x = self.x_embedder(x)  # (N, T, D)
         rope = None
         if self.config.pos_embed == "rope":
@@ -224,7 +211,7 @@ class MMDiT(nn.Module):
             else:
                 x, ctx = blk(x, ctx, c, mask, rope)
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)
-        return unpatchify(x, gh, gw, p, self.out_channels)  # (N, C_out, H, W)
+        return unpatchify(x, gh, gw, self.patch_size, self.out_channels)  # (N, C_out, H, W)
 
     def extra_repr(self) -> str:
         cfg = self.config

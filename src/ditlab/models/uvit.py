@@ -32,6 +32,7 @@ from ditlab.models.layers import (
 )
 from ditlab.models.mmdit import unpatchify
 from ditlab.models.positions import grid_rope, grid_sincos, rope_pad
+from ditlab.models.token_grid import TokenGridModel
 
 
 class UViTBlock(nn.Module):
@@ -56,7 +57,7 @@ class UViTBlock(nn.Module):
 
 
 @register_design("u-vit")
-class UViT(nn.Module):
+class UViT(TokenGridModel):
     """U-ViT. ``model(x, t, y=None | context=, context_mask=, pooled=) -> (N, out_channels, H, W)``.
 
     ``config.depth`` counts all blocks: depth // 2 in each half, plus a middle block when it is odd
@@ -114,16 +115,6 @@ class UViT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(grid_sincos(self.config, *self.config.grid_size).unsqueeze(0))
 
-    def set_grad_checkpointing(self, enabled: bool | int = True) -> None:
-        """Recompute each block in the backward pass (saves activation memory, same numbers)."""
-        self.grad_checkpointing = enabled
-        self.config.grad_checkpointing = enabled
-
-    def _positions(self, grid_h: int, grid_w: int, like: Tensor) -> Tensor:
-        if (grid_h, grid_w) == self.config.grid_size:
-            return self.pos_embed.to(like.dtype)
-        return grid_sincos(self.config, grid_h, grid_w).to(like)[None]  # (1, T, D)
-
     def condition_tokens(self, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                          context_mask: Tensor | None = None, pooled: Tensor | None = None,
                          ) -> tuple[Tensor, Tensor | None]:
@@ -154,11 +145,7 @@ class UViT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, pooled: Tensor | None = None) -> Tensor:
-        _, _, h, w = x.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
-        gh, gw = h // p, w // p
+        gh, gw = self.token_grid(*x.shape[-2:])
         x = self.x_embedder(x)  # (N, T, D)
         tokens, mask = self.condition_tokens(t, y, context, context_mask, pooled)  # (N, K, D), (N, K)
         k = tokens.shape[1]
@@ -190,7 +177,7 @@ class UViT(nn.Module):
         for blk in self.out_blocks:
             x = run(blk, x, skips.pop())  # the innermost first-half output meets the first second-half block
         x = self.decoder_pred(self.norm(x))[:, k:]  # (N, T, p*p*C_out): the condition tokens leave
-        x = unpatchify(x, gh, gw, p, self.out_channels)  # (N, C_out, H, W)
+        x = unpatchify(x, gh, gw, self.patch_size, self.out_channels)  # (N, C_out, H, W)
         return self.final_conv(x) if self.final_conv is not None else x
 
     def extra_repr(self) -> str:

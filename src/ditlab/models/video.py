@@ -219,16 +219,13 @@ class VideoDiT(DiT):
         if x.dim() != 5:
             raise ValueError(f"a video model takes latents (N, C, F, H, W), got shape {tuple(x.shape)}: "
                              "pass images as 1-frame videos (x.unsqueeze(2))")
-        _, _, f, h, w = x.shape
-        p, pt = self.patch_size, self.temporal_patch
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
+        f, pt = x.shape[2], self.temporal_patch
+        gh, gw = self.token_grid(*x.shape[-2:])
         if f % pt:
             raise ValueError(f"{f} frames are not divisible by the temporal patch size {pt}")
         if not 0 <= num_images <= f or (num_images and pt > 1):
             raise ValueError(f"num_images must be in [0, {f}] and needs per-frame patches (temporal patch 1), "
                              f"got {num_images} with temporal patch {pt}")
-        gh, gw = h // p, w // p
         frames, clip = f // pt, f // pt - num_images  # token frames; those forming the video clip
         x = self._embed(x)  # (N, F', S, D)
         c, ctx, mask = self.embed_condition(t, y, context, context_mask, pooled)
