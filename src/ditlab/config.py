@@ -107,6 +107,9 @@ class TrainConfig:
     lr: float = opt(1e-4, "AdamW learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps")
+    lr_schedule: str = opt("constant", "learning rate after warm-up: constant | cosine | linear (either decays to 0 at "
+                                       "--steps, over the last --lr_decay_steps steps)")
+    lr_decay_steps: int = opt(0, "cosine/linear: the decay spans the last N steps (0 = every step after warm-up)")
     grad_clip: float = opt(1.0, "gradient-norm clipping (0 disables)")
     ema_decay: float = opt(0.9999, "EMA decay of the sampling weights")
     ema_warmup: bool = opt(True, "EMA decay min(ema_decay, (1 + step) / (10 + step)) so short runs are usable")
@@ -267,6 +270,9 @@ def resolve_config(
     return config
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 def validate(c: TrainConfig) -> None:
     """Range checks that need no data or model; raise ConfigError naming the fix."""
 
@@ -277,6 +283,10 @@ def validate(c: TrainConfig) -> None:
     need(c.steps >= 1, f"steps must be >= 1, got {c.steps}")
     need(c.global_batch_size >= 1, f"global_batch_size must be >= 1, got {c.global_batch_size}")
     need(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    need(c.lr_schedule in LR_SCHEDULES,
+         f"unknown lr_schedule '{c.lr_schedule}': choose {', '.join(LR_SCHEDULES[:-1])} or {LR_SCHEDULES[-1]}")
+    need(c.lr_decay_steps >= 0, f"lr_decay_steps must be >= 0 (0 = decay over every step after warm-up), "
+                                f"got {c.lr_decay_steps}")
     need(c.image_size >= 1, f"image_size must be >= 1, got {c.image_size}")
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {c.ema_decay}")
     need(0.0 <= c.cond_dropout_prob < 1.0, f"cond_dropout_prob must be in [0, 1), got {c.cond_dropout_prob}")

@@ -9,6 +9,8 @@ data position, RNG states).
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,8 +128,26 @@ def _torch_at_least(major: int, minor: int) -> bool:
     return version >= (major, minor)
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(step: int, *, warmup: int, schedule: str = "constant", steps: int = 1, decay_steps: int = 0) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) as a fraction of ``--lr``: a linear warm-up over
+    ``warmup`` steps, then constant, or a cosine / linear decay over the last ``decay_steps`` steps (0: every step
+    after the warm-up) from 1 at its first step towards 0 at step ``steps`` (the last step, ``steps`` - 1, is one
+    ``1 / decay_steps`` of the way short of it)."""
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant":
+        return factor
+    span = decay_steps if decay_steps > 0 else max(steps - warmup, 1)
+    start = steps - span
+    if step < start:
+        return factor
+    progress = min(1.0, (step - start) / span)  # 0 at the decay's first step, (span - 1) / span at the last
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return factor * decay
+
+
+def _lr_lambda(config: TrainConfig):
+    return functools.partial(lr_factor, warmup=config.warmup_steps, schedule=config.lr_schedule, steps=config.steps,
+                             decay_steps=config.lr_decay_steps)
 
 
 def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run:
@@ -167,7 +187,7 @@ def build_run(config: TrainConfig, info: DistInfo, local_batch: int, log) -> Run
     fused = device.type == "cuda" or (device.type == "cpu" and _torch_at_least(2, 4))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     meta = {
         "model": model.config.to_dict(),
         "num_classes": int(model.config.num_classes),
