@@ -12,7 +12,9 @@ sampling on this machine's CPU)::
         --parallel 4 --device cuda
     python benchmarks/video_frontier.py cpu-rate --recipe "p4=" --recipe "p2f=--patch_size 2 --class_factors 10,8"
 
-``train`` writes ``OUT/frontier.jsonl`` (one line per recipe and checkpoint) and prints a table;
+``--cfg``, ``--sampler`` and ``--sample-steps`` score with other settings than the run's (e.g. the demo's guidance
+on recipes trained with another). ``train`` writes ``OUT/frontier.jsonl`` (one line per recipe and checkpoint) and
+prints a table;
 ``cpu-rate`` prints training steps per second and the seconds to sample the demo's 800 clips, per recipe.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def train_one(name: str, flags: list[str], args) -> str:
     with open(log, "w") as f, open(log.with_suffix(".score.log"), "w") as g:
         scorer = subprocess.Popen([sys.executable, __file__, "score", str(run), "--name", name, "--num",
                                    str(args.eval_num), "--device", args.device, "--follow", str(done),
-                                   "--jsonl", str(Path(args.out) / "frontier.jsonl")],
+                                   "--jsonl", str(Path(args.out) / "frontier.jsonl"), *sampling_flags(args)],
                                   stdout=g, stderr=subprocess.STDOUT)
         rc = subprocess.call(cmd + flags, stdout=f, stderr=subprocess.STDOUT)
         train_s = time.perf_counter() - t0
@@ -62,8 +64,18 @@ def train_one(name: str, flags: list[str], args) -> str:
     return f"{name}: train exit {rc} after {train_s:.0f}s, scoring exit {scored} {time.perf_counter() - t0:.0f}s in all"
 
 
+def sampling_flags(args) -> list[str]:
+    """The ``score`` flags that override the run's sampler, steps and guidance (those given)."""
+    flags = []
+    for flag, value in (("--cfg", args.cfg), ("--sampler", args.sampler), ("--sample-steps", args.sample_steps)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
 def score(args) -> None:
-    """Score every checkpoint of one run (EMA weights), appending a line per checkpoint to ``--jsonl``."""
+    """Score every checkpoint of one run (EMA weights), appending a line per checkpoint to ``--jsonl``; the run's
+    sampler, steps and guidance unless ``--sampler``, ``--sample-steps`` or ``--cfg`` override them."""
     import torch
 
     from ditlab.config import load_config
@@ -91,11 +103,14 @@ def score(args) -> None:
             pipe.model.load_state_dict(load_weights(ckpt / "ema.safetensors"))
             t0 = time.perf_counter()
             with torch.no_grad():
-                got = pipe(num=args.num, seed=0, batch_size=400)
+                got = pipe(num=args.num, seed=0, batch_size=400, sampler=args.sampler, steps=args.sample_steps,
+                           cfg_scale=args.cfg)
             sample_s = time.perf_counter() - t0
             scores = moving_digit_scores(pipe, got.images, got.labels, config)
             line = {"recipe": args.name, "step": int(read_meta(ckpt)["step"]), "num": args.num,
-                    "sample_seconds": round(sample_s, 2), **{k: round(float(scores[k]), 4) for k in FIGURES}}
+                    "sampler": got.settings["sampler"], "sample_steps": got.settings["steps"],
+                    "cfg_scale": got.settings["cfg_scale"], "sample_seconds": round(sample_s, 2),
+                    **{k: round(float(scores[k]), 4) for k in FIGURES}}
             print(json.dumps(line), flush=True)
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -103,11 +118,13 @@ def score(args) -> None:
 
 def table(jsonl: Path) -> str:
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()] if jsonl.is_file() else []
-    rows.sort(key=lambda r: (r["recipe"], r["step"]))
-    out = ["recipe         step  frame  consist  direct  smooth  frechet"]
+    rows.sort(key=lambda r: (r["recipe"], r.get("cfg_scale", 0), r["step"]))
+    out = ["recipe         cfg    step  frame  consist  direct  smooth  frechet"]
     for r in rows:
-        out.append(f"{r['recipe']:<12} {r['step']:>6}  {r['frame_accuracy']:.3f}  {r['digit_consistency']:.3f}    "
-                   f"{r['direction_accuracy']:.3f}   {r['smoothness_ratio']:6.1f}  {r['frechet_ratio']:6.2f}")
+        cfg = f"{r['cfg_scale']:g}" if "cfg_scale" in r else "run"
+        out.append(f"{r['recipe']:<12} {cfg:>5} {r['step']:>6}  {r['frame_accuracy']:.3f}  "
+                   f"{r['digit_consistency']:.3f}    {r['direction_accuracy']:.3f}   {r['smoothness_ratio']:6.1f}  "
+                   f"{r['frechet_ratio']:6.2f}")
     return "\n".join(out)
 
 
@@ -174,6 +191,10 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--device", default="cpu")
     s = sub.add_parser("score")
+    for q in (p, s):
+        q.add_argument("--cfg", type=float, default=None, help="guidance scale of the scoring (default: the run's)")
+        q.add_argument("--sampler", default=None, help="sampler of the scoring (default: the run's)")
+        q.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the run's)")
     s.add_argument("run")
     s.add_argument("--name", required=True)
     s.add_argument("--num", type=int, default=800)
