@@ -273,6 +273,16 @@ def resolve_config(
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
+def parse_class_factors(text: str) -> tuple[int, ...]:
+    """``--class_factors`` as integers (``"10,8"`` -> (10, 8); empty -> ()); ConfigError for anything else."""
+    if not text.strip():
+        return ()
+    parts = [k.strip() for k in text.split(",")]
+    if not all(k.isdigit() for k in parts):
+        raise ConfigError(f"class_factors must be comma-separated integers such as 10,8, got '{text}'")
+    return tuple(int(k) for k in parts)
+
+
 def validate(c: TrainConfig) -> None:
     """Range checks that need no data or model; raise ConfigError naming the fix."""
 
@@ -321,8 +331,7 @@ def validate(c: TrainConfig) -> None:
          "num_frames, num_videos and num_digits must be >= 0 and frame_stride >= 1")
     need(c.video_layout in ("interleaved", "full"),
          f"unknown video_layout '{c.video_layout}': choose interleaved or full")
-    need(all(k.strip().isdigit() for k in c.class_factors.split(",")) if c.class_factors.strip() else True,
-         f"class_factors must be comma-separated integers such as 10,8, got '{c.class_factors}'")
+    parse_class_factors(c.class_factors)
     need(c.temporal_patch_size >= 1, f"temporal_patch_size must be >= 1, got {c.temporal_patch_size}")
     need(c.image_steps >= 0, f"image_steps must be >= 0, got {c.image_steps}")
     need(not c.num_frames or c.num_frames % c.temporal_patch_size == 0,

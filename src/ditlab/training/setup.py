@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ditlab.conditioning import Condition, Records, condition_for_dataset
-from ditlab.config import FIELDS, TrainConfig
+from ditlab.config import FIELDS, TrainConfig, parse_class_factors
 from ditlab.errors import ConfigError, UserError
 from ditlab.files import atomic_write
 from ditlab.models.designs import check_condition
@@ -68,7 +68,7 @@ def build_model(config: TrainConfig, latent_shape: tuple[int, ...], condition: C
         if value is not None:
             overrides[key] = value
     if config.class_factors.strip():
-        overrides["class_factors"] = tuple(int(k) for k in config.class_factors.split(","))
+        overrides["class_factors"] = parse_class_factors(config.class_factors)
     if len(latent_shape) == 4:  # a clip: (C, F, h, w)
         overrides.update(num_frames=latent_shape[1], layout=config.video_layout,
                          temporal_patch_size=config.temporal_patch_size)
