@@ -129,9 +129,12 @@ def table(jsonl: Path) -> str:
 
 
 def train(args) -> None:
+    from ditlab.runlock import lock_folder
+
     recipes = parse_recipes(args.recipe)
-    Path(args.out, "runs").mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(args.parallel) as pool:
+    # one sweep per folder (its scorers append to OUT/frontier.jsonl); each recipe's run also locks its own folder
+    with lock_folder(args.out, flag="--out", what="frontier folder"), ThreadPoolExecutor(args.parallel) as pool:
+        Path(args.out, "runs").mkdir(parents=True, exist_ok=True)
         for message in pool.map(lambda kv: train_one(kv[0], kv[1], args), recipes.items()):
             print(message, flush=True)
     print(table(Path(args.out) / "frontier.jsonl"))
@@ -206,7 +209,13 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     r.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
-    {"train": train, "score": score, "cpu-rate": cpu_rate}[args.cmd](args)
+    from ditlab.errors import UserError
+
+    try:
+        {"train": train, "score": score, "cpu-rate": cpu_rate}[args.cmd](args)
+    except UserError as e:  # e.g. the --out folder in use by another sweep: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
